@@ -1,0 +1,28 @@
+"""Fixtures that compose configs the way users do, through Hydra, then shrink the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from omegaconf import DictConfig, open_dict
+
+from gradsweep.config import compose
+
+ComposeFn = Callable[..., DictConfig]
+
+
+@pytest.fixture
+def make_cfg() -> ComposeFn:
+    """`make_cfg("activation=relu", max_steps=20)`: the config `python train.py` would run
+    with those overrides, shrunk to a short offline run on the bundled real digits."""
+
+    def make(*overrides: str, max_steps: int = 20, **trainer: object) -> DictConfig:
+        cfg = compose(["logger=none", "data.source=bundled", *overrides])
+        with open_dict(cfg):
+            cfg.trainer.max_steps = max_steps
+            cfg.trainer.eval_every = max_steps
+            cfg.trainer.update(trainer)
+        return cfg
+
+    return make
