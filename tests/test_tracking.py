@@ -1,0 +1,340 @@
+"""The W&B link, on real offline wandb runs read back from their `.wandb` files (no mocks).
+
+Every test runs with no W&B credentials: HOME, wandb's config folder and the netrc file point
+into tmp_path and the WANDB_* variables that carry keys or modes are unset. wandb keeps
+process-wide state (session credentials, its service), so each test ends with
+`wandb.teardown()`; that also completes the run files, which wandb writes a few ms after
+`run.finish()` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gradsweep.tracking import PROBE_TIMEOUT_S, start_tracking
+from gradsweep.wandb_records import BLOCK_LEN, find_runs, read_run
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_KEY = "gradsweepfakekey" + "0123456789abcdef01234567"  # 40 characters, wandb's format
+# Offline init (service start included) takes ~0.5 s, up to ~3 s on a loaded 2-core machine.
+INIT_MARGIN_S = 6.0
+
+
+def logger_cfg(**overrides: object) -> dict[str, object]:
+    """conf/logger/wandb.yaml, as start_tracking sees it."""
+    cfg: dict[str, object] = {
+        "name": "wandb",
+        "mode": "offline",
+        "project": "gradsweep-tests",
+        "entity": None,
+        "group": None,
+        "tags": [],
+        "run_name": None,
+        "notes": None,
+        "init_timeout": 15,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    for name in (
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_MODE",
+        "WANDB_BASE_URL",
+        "WANDB_DIR",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_RUN_GROUP",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.teardown()
+
+
+def finish_and_flush(tracker, exit_code: int = 0) -> None:
+    tracker.finish(exit_code=exit_code)
+    import wandb
+
+    wandb.teardown()
+
+
+def write_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+    return path
+
+
+def test_offline_run_round_trips(tmp_path: Path) -> None:
+    # 45 metrics a step as in a 20-layer MLP, enough steps to fill several 32 KiB blocks, and a
+    # config value bigger than a block, so records split across blocks are read too.
+    config = {
+        "model": {"name": "mlp", "depth": 20, "width": 256},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "seed": 0,
+        "tags_seen": ["a", "b"],
+        "blob": "x" * (2 * BLOCK_LEN),
+    }
+    run_dir = tmp_path / "run"
+    tracker = start_tracking(
+        logger_cfg(group="sigmoid-depth20", tags=["test"], run_name="rt"), config, run_dir
+    )
+    assert tracker.mode == "offline"
+    logged = []
+    for step in range(150):
+        metrics = {f"grad_norm/layers.{i}.weight": 10.0 ** -(i % 8) * (step + 1) for i in range(41)}
+        metrics |= {"train/loss": 2.3 / (step + 1), "train/acc": step / 150}
+        metrics |= {"grad_norm/total": 1.5, "grad_flow/log10_ratio": -7.0}
+        if step % 50 == 49:
+            metrics |= {"val/acc": [0.3, 0.9, 0.6][step // 50], "val/loss": 1.0 - step / 150}
+        tracker.log(metrics, step=step)
+        logged.append(metrics)
+    tracker.log_images({"grad_flow/plot": write_png(tmp_path / "plot.png")}, step=149)
+    # Int keys in a nested dict, which wandb itself would fail on, come back as str.
+    layers = {0: "layers.0", 1: "layers.1"}
+    tracker.update_summary(
+        {"diagnosis/verdict": "vanishing", "val/acc_best": 0.9, "telemetry/layers": layers}
+    )
+    finish_and_flush(tracker)
+
+    run = read_run(run_dir)
+    assert run.run_id == tracker.run_id
+    assert run.group == "sigmoid-depth20"
+    assert run.config == config
+    assert run.exit_code == 0
+    assert [row["_step"] for row in run.history] == list(range(150))
+    assert [
+        {key: row[key] for key in metrics} for row, metrics in zip(run.history, logged, strict=True)
+    ] == logged
+    # The image joined the last step's row, as a reference to the copied file.
+    image = run.history[-1]["grad_flow/plot"]
+    assert image["_type"] == "image-file"
+    assert (find_runs(run_dir)[0].parent / "files" / image["path"]).is_file()
+    # define_metric summaries: best and last for val/acc, the last row for the rest.
+    assert run.summary["val/acc"] == {"max": 0.9, "last": 0.6}
+    assert run.summary["val/loss"] == {
+        "min": logged[149]["val/loss"],
+        "last": logged[149]["val/loss"],
+    }
+    assert run.summary["train/loss"] == logged[-1]["train/loss"]
+    assert run.summary["diagnosis/verdict"] == "vanishing"
+    assert run.summary["val/acc_best"] == 0.9
+    assert run.summary["telemetry/layers"] == {"0": "layers.0", "1": "layers.1"}
+
+
+def test_reader_agrees_with_wandb_leet(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    tracker = start_tracking(logger_cfg(), {"a": {"b": 1}, "lr": 0.1}, run_dir)
+    for step in range(3):
+        tracker.log({"train/loss": 1.0 / (step + 1), "val/acc": 0.5 + step / 10}, step=step)
+    tracker.log({"odd": math.nan}, step=3)
+    tracker.update_summary({"diagnosis/verdict": "healthy"})
+    finish_and_flush(tracker, exit_code=1)
+
+    wandb_file = find_runs(run_dir)[0]
+    wandb_cli = shutil.which("wandb")
+    if wandb_cli is None:
+        pytest.skip("no wandb command on PATH")
+    leet = subprocess.run(
+        [wandb_cli, "leet", "inspect", "--summary", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+    )
+    if leet.returncode != 0:
+        pytest.skip(f"wandb leet inspect unavailable: {leet.stderr.strip()[:200]}")
+    theirs = json.loads(leet.stdout)
+    ours = read_run(wandb_file)
+    # leet prints NaN as the string "NaN".
+    assert {**ours.summary, "odd": "NaN"} == theirs["summary"]
+    assert ours.config == theirs["config"]
+    assert (ours.run_id, ours.exit_code) == (theirs["run_id"], theirs["exit_code"])
+    assert ours.history[-1]["_step"] == theirs["step"]
+
+
+def test_failed_run_keeps_exit_code_and_history(tmp_path: Path) -> None:
+    tracker = start_tracking(logger_cfg(), {"seed": 1}, tmp_path / "run")
+    for step in range(3):
+        tracker.log({"train/loss": float(step)}, step=step)
+    finish_and_flush(tracker, exit_code=1)
+
+    run = read_run(tmp_path / "run")
+    assert run.exit_code == 1
+    assert [row["train/loss"] for row in run.history] == [0, 1, 2]
+
+
+def test_reader_tolerates_a_cut_tail_and_rejects_corruption(tmp_path: Path) -> None:
+    tracker = start_tracking(logger_cfg(), {}, tmp_path / "run")
+    for step in range(5):
+        tracker.log({"train/loss": float(step)}, step=step)
+    finish_and_flush(tracker)
+    data = find_runs(tmp_path / "run")[0].read_bytes()
+
+    # A killed run: the file ends inside a record. What came before still reads.
+    cut = tmp_path / "cut.wandb"
+    cut.write_bytes(data[:-3])
+    run = read_run(cut)
+    assert run.exit_code is None
+    assert [row["_step"] for row in run.history] == list(range(5))
+
+    # A flipped byte inside a payload (a header byte could read as a cut tail instead).
+    flipped = bytearray(data)
+    flipped[data.index(b"train/loss") + 2] ^= 0xFF
+    bad = tmp_path / "bad.wandb"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="corrupt"):
+        read_run(bad)
+
+
+def test_auto_without_key_runs_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gradsweep.tracking")
+    start = time.perf_counter()
+    tracker = start_tracking(logger_cfg(mode="auto"), {}, tmp_path / "run")
+    elapsed = time.perf_counter() - start
+    tracker.log({"train/loss": 1.0}, step=0)
+    finish_and_flush(tracker)
+
+    assert tracker.mode == "offline"
+    assert elapsed < INIT_MARGIN_S
+    [record] = [r for r in caplog.records if r.name == "gradsweep.tracking"]
+    assert "offline (no API key configured)" in record.getMessage()
+    assert "wandb sync" in record.getMessage()
+    assert len(read_run(tmp_path / "run").history) == 1
+
+
+def files_holding(folder: Path, text: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("server", ["dns", "refused"])
+def test_auto_with_key_and_no_server_runs_offline_fast(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    server: str,
+) -> None:
+    # Without the probe, wandb.init would wait init_timeout (90 s by default) for the server.
+    base_url = {
+        "dns": "https://gradsweep-test.invalid",  # .invalid never resolves (RFC 2606)
+        "refused": f"http://127.0.0.1:{closed_port()}",
+    }[server]
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", base_url)
+    caplog.set_level(logging.INFO, logger="gradsweep.tracking")
+    start = time.perf_counter()
+    tracker = start_tracking(logger_cfg(mode="auto"), {"seed": 0}, tmp_path / "run")
+    elapsed = time.perf_counter() - start
+    finish_and_flush(tracker)
+
+    assert tracker.mode == "offline"
+    assert elapsed < PROBE_TIMEOUT_S + INIT_MARGIN_S
+    [record] = [r for r in caplog.records if r.name == "gradsweep.tracking"]
+    assert f"{base_url} unreachable" in record.getMessage()
+    assert FAKE_KEY not in caplog.text
+    assert not files_holding(tmp_path, FAKE_KEY)
+
+
+def test_auto_falls_back_when_server_never_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server that accepts connections and never replies: the probe passes, the online init
+    # times out after logger.init_timeout, and the run goes offline with the id it was given.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        caplog.set_level(logging.INFO, logger="gradsweep.tracking")
+        run_dir = tmp_path / "run"
+        start = time.perf_counter()
+        tracker = start_tracking(
+            logger_cfg(mode="auto", init_timeout=1), {"seed": 0}, run_dir, run_id="resumable1"
+        )
+        elapsed = time.perf_counter() - start
+        tracker.log({"train/loss": 1.0}, step=0)
+        finish_and_flush(tracker)
+
+    assert (tracker.mode, tracker.run_id) == ("offline", "resumable1")
+    # init_timeout, then ~2 s for wandb's service to shut down, then an offline init.
+    assert elapsed < 1 + 2 + INIT_MARGIN_S
+    assert "online init failed" in caplog.text
+    # The failed online attempt's folder is gone: the run folder holds one run.
+    [wandb_file] = find_runs(run_dir)
+    assert read_run(wandb_file).run_id == "resumable1"
+    # The key went to wandb's service, which logs a lot: it is in no file (run folder, HOME).
+    assert not files_holding(tmp_path, FAKE_KEY)
+    assert FAKE_KEY not in caplog.text
+
+
+def test_online_mode_without_key_raises(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="no API key configured"):
+        start_tracking(logger_cfg(mode="online"), {}, tmp_path / "run")
+
+
+@pytest.mark.parametrize("cfg", [{"name": "none"}, {"name": "wandb", "mode": "disabled"}])
+def test_no_wandb_writes_nothing_and_never_imports_it(tmp_path: Path, cfg: dict) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = f"""
+import sys
+from pathlib import Path
+from gradsweep.tracking import start_tracking
+tracker = start_tracking({cfg!r}, {{"seed": 0}}, Path({str(run_dir)!r}))
+tracker.define_metrics()
+tracker.log({{"train/loss": 1.0}}, step=0)
+tracker.log_images({{"plot": Path("missing.png")}}, step=0)
+tracker.update_summary({{"diagnosis/verdict": "healthy"}})
+tracker.finish(exit_code=1)
+print(tracker.mode, tracker.run_id, "wandb" in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    mode = "none" if cfg["name"] == "none" else "disabled"
+    assert result.stdout.split() == [mode, "None", "False"]
+    assert list(run_dir.iterdir()) == []
+
+
+def test_a_run_left_open_is_finished_not_reused(tmp_path: Path) -> None:
+    # Hydra multirun runs jobs in one process; a job that crashed before finish() must not
+    # make the next job log into its run.
+    first = start_tracking(logger_cfg(), {"job": 0}, tmp_path / "job0")
+    first.log({"train/loss": 1.0}, step=0)
+    second = start_tracking(logger_cfg(), {"job": 1}, tmp_path / "job1")
+    second.log({"train/loss": 2.0}, step=0)
+    finish_and_flush(second)
+
+    assert first.run_id != second.run_id
+    job0, job1 = read_run(tmp_path / "job0"), read_run(tmp_path / "job1")
+    assert (job0.config, job1.config) == ({"job": 0}, {"job": 1})
+    assert job0.exit_code is not None
+    assert [row["train/loss"] for row in job1.history] == [2]
