@@ -1,0 +1,192 @@
+"""GradientMonitor: gradient telemetry, clipping and the verdict for any training loop.
+
+    monitor = GradientMonitor(model, sample, clipping=Clipping("norm", max_norm=1.0))
+    for x, y in batches:
+        loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward()
+        monitor.step(loss)            # norms, clipping, one host transfer, one log call
+        optimizer.step()
+    print(monitor.verdict())
+
+The device side lives in gradsweep.telemetry; this module turns each step's vector
+into a row of named metrics, keeps what the verdict and the pictures need, and hands
+the row to the tracker (W&B or nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradsweep.diagnosis import Thresholds, Verdict, diagnose, log10_ratio
+from gradsweep.layers import weight_layers
+from gradsweep.telemetry import Clipping, GradientTelemetry, select_params
+
+
+@dataclass(frozen=True)
+class ClipStats:
+    steps: int = 0
+    hits: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.steps if self.steps else 0.0
+
+
+class HostTransfer:
+    """Brings one device vector per step to the host, without stalling a GPU.
+
+    On CUDA the copy goes to pinned memory asynchronously and is read one step
+    later, when it has long finished: `push` returns the previous step's values. On
+    the CPU there is nothing to overlap and `push` returns the current values.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.lagged = device.type == "cuda"
+        self._pending: tuple[object, torch.Tensor, object] | None = None
+
+    def push(self, tag: object, values: torch.Tensor) -> tuple[object, list[float]] | None:
+        """Start moving `values`; return the (tag, values) pair that is ready, if any."""
+        if not self.lagged:
+            return tag, values.tolist()  # host sync: the step's one transfer
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        ready, self._pending = self.flush(), (tag, host, event)
+        return ready
+
+    def flush(self) -> tuple[object, list[float]] | None:
+        """The values still in flight, if any (call once after the last step)."""
+        if self._pending is None:
+            return None
+        tag, host, event = self._pending
+        self._pending = None
+        event.synchronize()  # host sync, on a copy issued a step ago
+        return tag, host.tolist()
+
+
+class GradientMonitor:
+    """Per-layer gradient norms, clipping with hit stats and a verdict, in a few lines.
+
+    `sample` is a batch the model accepts; one forward pass of it (eval mode, no
+    grad) finds the weight layers in forward order. `tracker` is anything with a
+    `log(metrics, step)` method (gradsweep.tracking), or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sample: torch.Tensor,
+        clipping: Clipping | None = None,
+        params: str = "all",
+        log_every_n_steps: int = 1,
+        window: int = 50,
+        thresholds: Thresholds | None = None,
+        tracker=None,
+    ) -> None:
+        self.layers = weight_layers(model, sample)
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no Linear or conv layer to monitor")
+        self.clipping = clipping or Clipping()
+        self.telemetry = GradientTelemetry(
+            model, select_params(model, params, self.layers), self.layers, self.clipping
+        )
+        self.log_every_n_steps = log_every_n_steps
+        self.thresholds = thresholds or Thresholds()
+        self.tracker = tracker
+        self.clip = ClipStats()
+        self.steps = 0
+        self.non_finite_step: int | None = None
+        # Every measured step's weight-layer norms, for the heatmap; the most recent
+        # window of them, for the verdict.
+        self.layer_history: list[list[float]] = []
+        self.steps_measured: list[int] = []
+        self._window: deque[list[float]] = deque(maxlen=window)
+        self._totals: deque[float] = deque(maxlen=window)
+
+        device = next(model.parameters()).device
+        self._transfer = HostTransfer(device)
+        # Clip hits and steps, counted on the device so that unlogged steps need no sync.
+        self._clip_counts = torch.zeros(2, device=device)
+        self._extra: dict[int, dict[str, float]] = {}
+        n_logged = len(self.telemetry.logged)
+        self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged] + ["grad_norm/total"]
+        self._layers = slice(n_logged + 1, n_logged + 1 + len(self.layers))
+
+    def step(
+        self,
+        loss: torch.Tensor,
+        accuracy: torch.Tensor | None = None,
+        step: int | None = None,
+        extra: dict[str, float] | None = None,
+    ) -> dict[str, float] | None:
+        """Measure (and clip) the gradients now in `.grad`, then log the step's row.
+
+        Call after `backward()` and before `optimizer.step()`. Clipping happens on
+        every step; the norms come to the host and are logged every
+        `log_every_n_steps` steps, and on any step with `extra` (e.g. validation
+        metrics, which join the same row). Returns the row logged now, if any: on
+        CUDA a row is logged one step late, so the GPU never waits for the host.
+        """
+        step = self.steps if step is None else step
+        self.steps = step + 1
+        grads = self.telemetry.measure()
+        if self.clipping.name != "none":
+            self._clip_counts += torch.stack([grads[-1], torch.ones_like(grads[-1])])
+        if step % self.log_every_n_steps and not extra:
+            return None
+        if extra:
+            self._extra[step] = extra
+        nan = torch.full((1,), math.nan, device=grads.device)
+        values = torch.cat(
+            [
+                loss.detach().float().reshape(1),
+                nan if accuracy is None else accuracy.detach().float().reshape(1),
+                grads.float(),
+                self._clip_counts,
+            ]
+        )
+        ready = self._transfer.push((step, self.telemetry.missing), values)
+        return self._emit(*ready) if ready else None
+
+    def flush(self) -> dict[str, float] | None:
+        """Log the row still in flight (CUDA only); call once after the last step."""
+        ready = self._transfer.flush()
+        return self._emit(*ready) if ready else None
+
+    def _emit(self, tag: tuple[int, tuple[int, ...]], values: list[float]) -> dict[str, float]:
+        (step, missing), (loss, accuracy, *grads, hits, clip_steps) = tag, values
+        row = {"train/loss": loss}
+        if not math.isnan(accuracy):
+            row["train/acc"] = accuracy
+        row.update(zip(self._grad_keys, grads, strict=False))
+        for position in missing:  # no gradient this step: nothing to log for it
+            del row[self._grad_keys[position]]
+        layer_norms = grads[self._layers]
+        row["grad_flow/first"] = layer_norms[0]
+        row["grad_flow/last"] = layer_norms[-1]
+        row["grad_flow/log10_ratio"] = log10_ratio(layer_norms[0], layer_norms[-1])
+        if self.clipping.name != "none":
+            self.clip = ClipStats(steps=round(clip_steps), hits=round(hits))
+            row["clip/hit"] = grads[-1]
+            row["clip/hit_rate"] = self.clip.hit_rate
+        row.update(self._extra.pop(step, {}))
+
+        total = grads[len(self._grad_keys) - 1]
+        self.layer_history.append(layer_norms)
+        self.steps_measured.append(step)
+        self._window.append(layer_norms)
+        self._totals.append(total)
+        if self.non_finite_step is None and not (math.isfinite(loss) and math.isfinite(total)):
+            self.non_finite_step = step
+        if self.tracker is not None:
+            self.tracker.log(row, step=step)
+        return row
+
+    def verdict(self) -> Verdict:
+        """The verdict over the most recent window of measured steps."""
+        return diagnose(list(self._window), list(self._totals), self.thresholds)
