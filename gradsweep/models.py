@@ -49,13 +49,21 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, depth: int, width: int) 
 MODELS = {"mlp": mlp, "cnn": cnn}
 
 
+def is_custom(cfg_model) -> bool:
+    """Whether a model config names the user's own class (`model=custom`).
+
+    `keys()`, not `in`: omegaconf's `in` is False for a `???` value not yet given.
+    """
+    return "_target_" in cfg_model.keys()  # noqa: SIM118
+
+
 def create_model(cfg_model, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The plain model a config names: a built-in one, or the user's own via `_target_`.
 
     A user's model gets only the keyword arguments in its own config node; it is
     expected to take images of shape (B, *input_shape) and return class logits.
     """
-    if "_target_" in cfg_model:
+    if is_custom(cfg_model):
         from hydra.utils import instantiate
 
         return instantiate(cfg_model)

@@ -1,0 +1,77 @@
+"""The `gradsweep` command: tools around training runs (`python train.py` trains).
+
+gradsweep show activation=gelu norm=batch     # the fixed model, before any training
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Print the model after the chosen fixes, its size and the layers telemetry reports."""
+    import torch
+
+    from gradsweep.config import compose
+    from gradsweep.data import dataset_shape
+    from gradsweep.fixes import apply_fixes
+    from gradsweep.layers import weight_layers
+    from gradsweep.models import create_model
+    from gradsweep.telemetry import select_params
+    from gradsweep.training import stream_seed
+    from gradsweep.validate import check_config
+
+    cfg = compose(args.overrides, args.config_dir)
+    check_config(cfg)
+    input_shape, num_classes = dataset_shape(cfg.data.name)
+    torch.manual_seed(stream_seed(cfg.seed, "init"))
+    model = create_model(cfg.model, input_shape, num_classes)
+    sample = torch.zeros(2, *input_shape)
+    for line in apply_fixes(model, cfg, sample):
+        logging.getLogger("gradsweep").info(line)
+    layers = weight_layers(model, sample)
+    params = sum(p.numel() for p in model.parameters())
+    print(model)
+    print(f"\nparameters: {params:,}")
+    print(f"weight layers (forward order), {len(layers)}: telemetry indexes layers this way")
+    for index, name in enumerate(layers):
+        print(f"  {index:>3}  {name}")
+    logged = select_params(model, cfg.telemetry.params, layers)
+    spec = cfg.telemetry.params
+    print(f"gradient norms logged: {len(logged)} parameters (telemetry.params={spec})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradsweep",
+        description="Diagnose vanishing gradients and sweep the fixes "
+        "(train with `python train.py`).",
+    )
+    parser.add_argument("--config-dir", help="the conf/ folder (default: the checkout's)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="print the model after the fixes, before training")
+    show.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
+    show.set_defaults(run=_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Exception as error:  # a clear message, not a traceback, for expected failures
+        from gradsweep.errors import USER_ERRORS
+
+        if isinstance(error, USER_ERRORS):
+            print(f"gradsweep: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

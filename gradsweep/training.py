@@ -1,0 +1,304 @@
+"""train(cfg): one run, from a composed config to a verdict.
+
+    data -> model -> fixes -> loop (forward, backward, telemetry + clipping, step)
+         -> eval -> verdict, pictures, summary.json
+
+Tests call `train(cfg, run_dir)` directly with a config from `hydra.compose`;
+`train.py` is a thin `@hydra.main` wrapper over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from gradsweep.activations import dominant_activation
+from gradsweep.data import Batches, Data, iterate_eval, load_data
+from gradsweep.diagnosis import Thresholds, advise
+from gradsweep.fixes import UNCHANGED, apply_fixes
+from gradsweep.models import create_model
+from gradsweep.monitor import GradientMonitor
+from gradsweep.optimizers import create_optimizer
+from gradsweep.summary import flat_config, group_choice, write_json_atomic
+from gradsweep.telemetry import Clipping
+from gradsweep.validate import check_config
+
+log = logging.getLogger(__name__)
+
+# The groups whose choice each run records under the group's own name.
+FIX_AND_SETUP_GROUPS = (
+    "data",
+    "model",
+    "activation",
+    "init",
+    "norm",
+    "skip",
+    "clipping",
+    "optimizer",
+)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent seed per random stream ("init", "data"), derived from `seed`.
+
+    Changing a fix changes how many numbers initialization draws; separate streams
+    keep the batch order identical across runs that share a seed.
+    """
+    digest = hashlib.sha256(f"{seed}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trainer.device={name} but CUDA is not available; use trainer.device=cpu"
+        )
+    return device
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Loss and accuracy on (x, y) in eval mode; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for xb, yb in iterate_eval(x, y, 1024):
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    loss, hits = torch.stack([loss_sum, correct]).tolist()  # host sync: once per eval
+    return {"loss": loss / len(y), "acc": hits / len(y)}
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
+    """Train one configuration; return the final validation accuracy.
+
+    `run_dir` holds summary.json, the pictures and the W&B folder; by default
+    Hydra's output folder for this job.
+    """
+    check_config(cfg)  # before anything heavy: bad values fail in milliseconds
+    run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.trainer.device)
+
+    data = load_data(cfg.data, device)
+    model = build_model(cfg, data, device)
+    optimizer = create_optimizer(cfg.optimizer, model.parameters())
+
+    from gradsweep.tracking import start_tracking
+
+    record = {**flat_config(cfg), "data.source": data.source}
+    tracker = start_tracking(cfg.logger, record, run_dir)
+    thresholds = _thresholds(cfg.telemetry)
+    monitor = GradientMonitor(
+        model,
+        data.train_x[:2],
+        clipping=Clipping.from_config(cfg.clipping),
+        params=cfg.telemetry.params,
+        log_every_n_steps=cfg.telemetry.log_every_n_steps,
+        window=cfg.telemetry.window,
+        thresholds=thresholds,
+        tracker=tracker,
+    )
+    tracker.update_summary({"telemetry/layers": dict(enumerate(monitor.layers))})
+
+    generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
+    batches = Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment)
+    max_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.steps_per_epoch
+    log.info(
+        "training %d steps (%d per epoch) on %s; telemetry on %d weight layers",
+        max_steps,
+        batches.steps_per_epoch,
+        device,
+        len(monitor.layers),
+    )
+
+    progress = _Progress(max_steps)
+    last_val: dict[str, float] = {}
+    best_acc = -math.inf
+    step = 0
+    model.train()
+    stream = iter(batches)
+    for step in range(max_steps):
+        x, y = next(stream)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        accuracy = (logits.argmax(1) == y).float().mean()
+        extra = None
+        is_last = step == max_steps - 1
+        if is_last or (step + 1) % cfg.trainer.eval_every == 0:
+            # Evaluate the weights this step's gradients were taken at, in the same row.
+            last_val = evaluate(model, data.val_x, data.val_y)
+            best_acc = max(best_acc, last_val["acc"])
+            extra = {"val/loss": last_val["loss"], "val/acc": last_val["acc"]}
+        row = monitor.step(loss, accuracy, step=step, extra=extra)  # norms, clip, log
+        optimizer.step()
+        if row is not None:
+            progress.update(step, row)
+        if monitor.non_finite_step is not None:
+            log.error("non-finite loss or gradient at step %d: stopping", monitor.non_finite_step)
+            break
+    monitor.flush()
+    progress.close()
+
+    test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
+    evals = {"val": last_val, "val_best": best_acc, "test": test}
+    summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
+    _report(monitor, summary, run_dir, tracker)
+    write_json_atomic(run_dir / "summary.json", summary)
+    tracker.update_summary(summary)
+    tracker.finish(exit_code=0)
+    return float(last_val.get("acc", math.nan))
+
+
+def build_model(cfg: DictConfig, data: Data, device: torch.device) -> nn.Module:
+    """The configured model with its fixes applied, on `device`, seeded by the init stream."""
+    torch.manual_seed(stream_seed(cfg.seed, "init"))
+    model = create_model(cfg.model, data.input_shape, data.num_classes)
+    for line in apply_fixes(model, cfg, data.train_x[:8].cpu()):
+        log.info(line)
+    return model.to(device)
+
+
+def _thresholds(cfg_telemetry: DictConfig) -> Thresholds:
+    return Thresholds(
+        vanishing_orders=cfg_telemetry.vanishing_orders,
+        exploding_orders=cfg_telemetry.exploding_orders,
+        small_norm=cfg_telemetry.small_norm,
+    )
+
+
+def _summarize(
+    cfg: DictConfig,
+    model: nn.Module,
+    data: Data,
+    monitor: GradientMonitor,
+    thresholds: Thresholds,
+    evals: dict,
+    steps: int,
+) -> dict[str, object]:
+    """The flat record of the run that summary.json and the W&B summary hold."""
+    verdict = monitor.verdict()
+    activation = group_choice(cfg, "activation")
+    if activation in UNCHANGED:  # advise on what the model really uses
+        activation = dominant_activation(model) or activation
+    clip_rate = monitor.clip.hit_rate if cfg.clipping.name != "none" else None
+    advice = advise(
+        verdict,
+        activation=activation,
+        init=group_choice(cfg, "init"),
+        norm=group_choice(cfg, "norm"),
+        skip=group_choice(cfg, "skip"),
+        batch_size=cfg.data.batch_size,
+        clip_hit_rate=clip_rate,
+        thresholds=thresholds,
+    )
+    summary: dict[str, object] = {
+        **{group: group_choice(cfg, group) for group in FIX_AND_SETUP_GROUPS},
+        "seed": cfg.seed,
+        "data.source": data.source,
+        "steps": steps,
+        "val/loss": evals["val"].get("loss", math.nan),
+        "val/acc": evals["val"].get("acc", math.nan),
+        "val/acc_best": evals["val_best"] if math.isfinite(evals["val_best"]) else math.nan,
+        "grad_flow/log10_ratio": verdict.log10_ratio,
+        "grad_flow/first": verdict.layer_medians[0] if verdict.layer_medians else math.nan,
+        "grad_flow/last": verdict.layer_medians[-1] if verdict.layer_medians else math.nan,
+        "diagnosis/verdict": verdict.label,
+        "diagnosis/reason": verdict.reason,
+        "diagnosis/advice": advice,
+    }
+    if clip_rate is not None:
+        summary["clip/hit_rate"] = clip_rate
+    if monitor.non_finite_step is not None:
+        summary["diagnosis/non_finite_step"] = monitor.non_finite_step
+    if evals["test"] is not None:
+        summary["test/loss"], summary["test/acc"] = evals["test"]["loss"], evals["test"]["acc"]
+    return summary
+
+
+def _report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, tracker) -> None:
+    """The end of a run, for people: the per-layer table, the verdict, the pictures."""
+    verdict = monitor.verdict()
+    lines = ["gradient norm per weight layer (median over the verdict's window):"]
+    for index, (name, value) in enumerate(zip(monitor.layers, verdict.layer_medians, strict=True)):
+        lines.append(f"  {index:>3}  {name:<28} {value:.3e}")
+    ratio = f"log10 first/last = {verdict.log10_ratio:+.2f}"
+    lines.append(f"verdict: {verdict.label} ({ratio}; {verdict.reason})")
+    lines.append(f"advice: {summary['diagnosis/advice']}")
+    lines.append(
+        f"val/acc {summary['val/acc']:.4f} (best {summary['val/acc_best']:.4f}) "
+        f"after {summary['steps']} steps"
+    )
+    log.info("\n".join(lines))
+    if not monitor.layer_history:
+        return
+    from gradsweep.pictures import gradient_heatmap, layer_bars
+
+    title = " ".join(f"{g}={summary[g]}" for g in ("activation", "init", "norm", "skip"))
+    images = {
+        "grad_flow/heatmap": gradient_heatmap(
+            monitor.layer_history,
+            monitor.steps_measured,
+            monitor.layers,
+            run_dir / "grad_flow_heatmap.png",
+            title=title,
+        ),
+        "grad_flow/layer_medians": layer_bars(
+            verdict.layer_medians, monitor.layers, run_dir / "grad_flow_layers.png", title=title
+        ),
+    }
+    tracker.log_images(images)
+
+
+class _Progress:
+    """A one-line progress report on stderr: every few seconds, and never on stdout."""
+
+    def __init__(self, total: int, every_seconds: float = 5.0) -> None:
+        self.total = total
+        self.every = every_seconds
+        self.start = self.last = time.perf_counter()
+
+    def update(self, step: int, row: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and step + 1 < self.total:
+            return
+        self.last = now
+        rate = (step + 1) / max(now - self.start, 1e-9)
+        parts = [
+            f"step {step + 1}/{self.total}",
+            f"loss {row['train/loss']:.4f}",
+            f"acc {row.get('train/acc', math.nan):.3f}",
+            f"log10 first/last {row['grad_flow/log10_ratio']:+.1f}",
+        ]
+        if "clip/hit_rate" in row:
+            parts.append(f"clip {row['clip/hit_rate']:.0%}")
+        parts.append(f"{rate:.0f} steps/s")
+        log.info(" | ".join(parts))
+
+    def close(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        log.info("trained in %.1f s", elapsed)
+
+
+def _hydra_output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise RuntimeError("train(cfg) outside a Hydra app needs run_dir=")
+    return Path(HydraConfig.get().runtime.output_dir)

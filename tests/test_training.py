@@ -1,0 +1,148 @@
+"""train(cfg) end to end on real digits (the bundled 5,000), offline, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gradsweep.training import evaluate, stream_seed, train
+from gradsweep.validate import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(make_cfg, tmp_path: Path, *overrides: str, max_steps: int = 30) -> dict:
+    train(make_cfg(*overrides, max_steps=max_steps), run_dir=tmp_path)
+    return json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_default_sigmoid_mlp_vanishes_and_relu_kaiming_does_not(make_cfg, tmp_path) -> None:
+    default = run(make_cfg, tmp_path / "default")
+    assert default["diagnosis/verdict"] == "vanishing"
+    assert default["grad_flow/log10_ratio"] < -10
+    assert default["diagnosis/advice"].startswith("activation=gelu")
+    fixed = run(make_cfg, tmp_path / "fixed", "activation=relu", "init=kaiming")
+    assert fixed["diagnosis/verdict"] == "healthy"
+    assert abs(fixed["grad_flow/log10_ratio"]) < 2
+    assert fixed["val/acc"] > default["val/acc"]
+
+
+def test_summary_holds_flat_choices_and_metrics(make_cfg, tmp_path) -> None:
+    summary = run(make_cfg, tmp_path, "activation=gelu", "norm=layer", "clipping=norm")
+    assert {k: summary[k] for k in ("activation", "norm", "skip", "init", "clipping", "model")} == {
+        "activation": "gelu",
+        "norm": "layer",
+        "skip": "none",
+        "init": "default",
+        "clipping": "norm",
+        "model": "mlp",
+    }
+    assert summary["data.source"] == "bundled" and summary["steps"] == 30
+    assert 0 <= summary["clip/hit_rate"] <= 1
+    assert summary["val/acc_best"] >= summary["val/acc"] - 1e-12
+    assert {"val/loss", "grad_flow/log10_ratio", "diagnosis/verdict", "diagnosis/advice"} <= set(
+        summary
+    )
+    assert (tmp_path / "grad_flow_heatmap.png").stat().st_size > 1000
+    assert (tmp_path / "grad_flow_layers.png").stat().st_size > 1000
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
+
+
+def test_evaluation_keeps_batchnorm_statistics_and_restores_training_mode() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    result = evaluate(model, x, y)
+    assert model.training and all(m.training for m in model.modules())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert 0 <= result["acc"] <= 1 and result["loss"] > 0
+
+
+def test_seed_streams_keep_batches_fixed_when_a_fix_changes(make_cfg) -> None:
+    assert stream_seed(0, "data") != stream_seed(0, "init")
+    assert stream_seed(0, "data") == stream_seed(0, "data") != stream_seed(1, "data")
+
+
+def test_batch_norm_on_tiny_batches_warns_and_on_one_sample_refuses(make_cfg, tmp_path, caplog):
+    with pytest.raises(ConfigError, match="norm=layer or norm=group"):
+        train(make_cfg("norm=batch", "data.batch_size=1"), run_dir=tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    run(make_cfg, tmp_path, "norm=batch", "data.batch_size=4", max_steps=3)
+    assert "use norm=layer or norm=group" in caplog.text
+
+
+def test_train_py_runs_from_the_command_line(tmp_path: Path) -> None:
+    """The real entry point: Hydra composes, train() runs, logs go to stderr only."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "logger=none",
+            "data.source=bundled",
+            "trainer.max_steps=5",
+            "activation=gelu",
+            "norm=layer",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "verdict:" in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["activation"] == "gelu" and summary["norm"] == "layer"
+    assert (tmp_path / "train.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lr=-1"], "optimizer.lr=-1 must be > 0"),
+        (["optimizer.lr=fast"], "optimizer.lr='fast' must be a number"),
+        (["clipping=norm", "clipping.max_norm=0"], "clipping.max_norm=0 must be > 0"),
+        (["norm=group", "norm.num_groups=7"], "does not divide model.width=256"),
+        (["model.depth=0"], "model.depth=0 must be >= 1"),
+        (["model=custom"], "model._target_=my_package.my_module.MyNet"),
+        (["trainer.checkpoint_every=0"], "trainer.checkpoint_every=0 must be >= 1"),
+        (["data.source=bundled", "data=cifar10"], "for cifar10 use data.source=full"),
+        (["skip=residual", "skip.placement=middle"], "skip.placement='middle'"),
+    ],
+)
+def test_bad_input_fails_before_any_work_with_a_message_naming_the_fix(
+    make_cfg, overrides, message, tmp_path
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        train(make_cfg(*overrides), run_dir=tmp_path)
+    assert message in str(error.value)
+    assert not any(tmp_path.iterdir())  # nothing written, nothing loaded
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lr=-1", "model.depth=0"], "model.depth=0 must be >= 1"),
+        (["activation=swish"], "Available options"),  # Hydra lists the choices
+    ],
+)
+def test_bad_input_on_the_command_line_exits_non_zero(overrides, message, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "train.py", "logger=none", f"hydra.run.dir={tmp_path}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "summary.json").exists()
