@@ -1,0 +1,180 @@
+"""What per-step gradient telemetry costs, as ratios against the bare training step.
+
+    python bench/telemetry_overhead.py [--rounds 15] [--steps 20] [--threads N]
+
+The default 20-layer sigmoid MLP (784-256x20-10), batch 128, SGD, on the CPU. Every
+variant trains its own copy of the same model; rounds interleave the variants
+(A B C ... A B C ...) so machine noise hits them alike. Reported: the median step
+time of each variant and its ratio to the bare loop measured in the same run.
+
+Variants:
+  bare        forward, backward, optimizer step: the floor
+  gradsweep   + GradientMonitor: every parameter's grad norm, clipping=norm, clip hit
+              stats, one host transfer, and one W&B log call per step (offline run)
+  seed        + the seed's recipe: a Python loop of p.grad.norm(2).item() for every
+              parameter, then torch.nn.utils.clip_grad_norm_
+  lightning   + a Lightning-style grad_norm dict (one vector_norm per parameter, a
+              total), logged as floats with clip_grad_norm_
+  wandb.watch + wandb.watch(model, log="gradients", log_freq=1) and one log per step
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradsweep.models import mlp
+from gradsweep.monitor import GradientMonitor
+from gradsweep.telemetry import Clipping
+from gradsweep.tracking import start_tracking
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return mlp((1, 28, 28), 10, depth=20, width=256)
+
+
+def offline_tracker(run_dir: Path, name: str):
+    cfg = OmegaConf.create(
+        {
+            "name": "wandb",
+            "mode": "offline",
+            "project": "gradsweep-bench",
+            "entity": None,
+            "group": "telemetry_overhead",
+            "tags": [],
+            "run_name": name,
+            "notes": None,
+            "init_timeout": 5,
+        }
+    )
+    return start_tracking(cfg, {"bench": name}, run_dir / name)
+
+
+class Variant:
+    """One training loop; `step(x, y)` runs one timed step."""
+
+    def __init__(self, name: str, run_dir: Path) -> None:
+        self.name = name
+        self.model = make_model()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.times: list[float] = []
+        self.tracker = None
+        self.monitor = None
+        self.step_index = 0
+        sample = torch.zeros(2, 1, 28, 28)
+        if name == "gradsweep":
+            self.tracker = offline_tracker(run_dir, name)
+            self.monitor = GradientMonitor(
+                self.model, sample, Clipping("norm", max_norm=1.0), tracker=self.tracker
+            )
+        elif name == "wandb.watch":
+            import wandb
+
+            # Its own run beside gradsweep's: create_new keeps the other run open.
+            (run_dir / name).mkdir()
+            self.run = wandb.init(
+                mode="offline",
+                dir=run_dir / name,
+                project="gradsweep-bench",
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+            self.run.watch(self.model, log="gradients", log_freq=1)
+        self.named = list(self.model.named_parameters())
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        start = time.perf_counter()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.name == "gradsweep":
+            self.monitor.step(loss, (logits.argmax(1) == y).float().mean())
+        elif self.name == "seed":
+            norms = {f"grad_norm/{n}": p.grad.norm(2).item() for n, p in self.named}
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=1.0)
+            norms["train/loss"] = loss.item()
+        elif self.name == "lightning":
+            norms = {
+                f"grad_2.0_norm/{n}": torch.linalg.vector_norm(p.grad, 2.0) for n, p in self.named
+            }
+            norms["grad_2.0_norm_total"] = torch.linalg.vector_norm(
+                torch.stack(list(norms.values())), 2.0
+            )
+            logged = {k: v.item() for k, v in norms.items()}  # what self.log_dict does
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=1.0)
+            logged["train/loss"] = loss.item()
+        elif self.name == "wandb.watch":
+            self.run.log({"train/loss": loss.item()}, step=self.step_index)
+        self.optimizer.step()
+        self.times.append(time.perf_counter() - start)
+        self.step_index += 1
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+        if self.name == "wandb.watch":
+            self.run.finish()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--variants",
+        default="bare,gradsweep,seed,lightning,wandb.watch",
+        help="comma-separated subset",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.randn(64, 128, 1, 28, 28, generator=generator)
+    ys = torch.randint(0, 10, (64, 128), generator=generator)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [Variant(name, Path(tmp)) for name in args.variants.split(",")]
+        for variant in variants:  # warm-up, untimed
+            for i in range(args.warmup):
+                variant.step(xs[i % 64], ys[i % 64])
+            variant.times.clear()
+        for round_index in range(args.rounds):
+            for variant in variants:
+                for i in range(args.steps):
+                    j = (round_index * args.steps + i) % 64
+                    variant.step(xs[j], ys[j])
+        for variant in variants:
+            variant.close()
+
+    base = statistics.median(variants[0].times)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.steps} steps per variant, interleaved"
+    )
+    print(f"| variant | median step (ms) | ratio to {variants[0].name} |")
+    print("| --- | --- | --- |")
+    for variant in variants:
+        median = statistics.median(variant.times)
+        print(f"| {variant.name} | {median * 1e3:.2f} | {median / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
