@@ -110,8 +110,10 @@ class GradientMonitor:
 
         device = next(model.parameters()).device
         self._transfer = HostTransfer(device)
-        # Clip hits and steps, counted on the device so that unlogged steps need no sync.
-        self._clip_counts = torch.zeros(2, device=device)
+        # Clip hits, counted on the device so that unlogged steps need no sync; steps on the host.
+        self._clip_hits = torch.zeros(1, device=device)
+        self._clip_steps = 0
+        self._no_accuracy = torch.full((1,), math.nan, device=device)
         self._extra: dict[int, dict[str, float]] = {}
         n_logged = len(self.telemetry.logged)
         self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged] + ["grad_norm/total"]
@@ -136,21 +138,15 @@ class GradientMonitor:
         self.steps = step + 1
         grads = self.telemetry.measure()
         if self.clipping.name != "none":
-            self._clip_counts += torch.stack([grads[-1], torch.ones_like(grads[-1])])
+            self._clip_hits += grads[-1:]
+            self._clip_steps += 1
         if step % self.log_every_n_steps and not extra:
             return None
         if extra:
             self._extra[step] = extra
-        nan = torch.full((1,), math.nan, device=grads.device)
-        values = torch.cat(
-            [
-                loss.detach().float().reshape(1),
-                nan if accuracy is None else accuracy.detach().float().reshape(1),
-                grads.float(),
-                self._clip_counts,
-            ]
-        )
-        ready = self._transfer.push((step, self.telemetry.missing), values)
+        accuracy = self._no_accuracy if accuracy is None else accuracy.detach().reshape(1)
+        values = torch.cat([loss.detach().reshape(1), accuracy, grads, self._clip_hits]).float()
+        ready = self._transfer.push((step, self.telemetry.missing, self._clip_steps), values)
         return self._emit(*ready) if ready else None
 
     def flush(self) -> dict[str, float] | None:
@@ -158,8 +154,8 @@ class GradientMonitor:
         ready = self._transfer.flush()
         return self._emit(*ready) if ready else None
 
-    def _emit(self, tag: tuple[int, tuple[int, ...]], values: list[float]) -> dict[str, float]:
-        (step, missing), (loss, accuracy, *grads, hits, clip_steps) = tag, values
+    def _emit(self, tag: tuple[int, tuple[int, ...], int], values: list[float]) -> dict[str, float]:
+        (step, missing, clip_steps), (loss, accuracy, *grads, hits) = tag, values
         row = {"train/loss": loss}
         if not math.isnan(accuracy):
             row["train/acc"] = accuracy
@@ -171,7 +167,7 @@ class GradientMonitor:
         row["grad_flow/last"] = layer_norms[-1]
         row["grad_flow/log10_ratio"] = log10_ratio(layer_norms[0], layer_norms[-1])
         if self.clipping.name != "none":
-            self.clip = ClipStats(steps=round(clip_steps), hits=round(hits))
+            self.clip = ClipStats(steps=clip_steps, hits=round(hits))
             row["clip/hit"] = grads[-1]
             row["clip/hit_rate"] = self.clip.hit_rate
         row.update(self._extra.pop(step, {}))

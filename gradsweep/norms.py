@@ -9,13 +9,20 @@ activation: Linear -> Norm -> activation. What each name means:
   per-channel scale and shift. It is LayerNorm over (C, H, W) without tying the
   layer to one image size.
 - group: GroupNorm(num_groups, channels); num_groups must divide every width.
+
+Layers inside an nn.Sequential get their norm inside it. Layers held as attributes,
+whose activation is called in forward (`torch.sigmoid(self.fc(x))`), get theirs in
+the traced forward: a new module `fc_norm` registered beside the layer, called
+between the two. Existing parameter names do not change.
 """
 
 from __future__ import annotations
 
+import torch.fx as fx
 from torch import nn
 
-from gradsweep.activations import is_activation
+from gradsweep import graphs
+from gradsweep.activations import is_activation, node_kind
 from gradsweep.layers import is_weight_layer, out_features, set_children
 
 NORMS = ("batch", "layer", "group")
@@ -41,7 +48,9 @@ def insert_norms(model: nn.Module, name: str, num_groups: int = 8) -> str:
     """Insert a `name` norm between each weight layer and the activation it feeds.
 
     Looks inside every nn.Sequential of the model, nested or not, for a weight layer
-    directly followed by an activation. Returns an account of the change.
+    directly followed by an activation; and, in each forward that traces with
+    torch.fx, for a weight layer whose only use is an activation module or call.
+    Returns an account of the change.
     """
     inserted: dict[str, int] = {}
     for container in list(model.modules()):
@@ -59,7 +68,58 @@ def insert_norms(model: nn.Module, name: str, num_groups: int = 8) -> str:
                 rebuilt.append(norm)
         if len(rebuilt) != len(children):
             set_children(container, rebuilt)
+
+    notes: list[str] = []
+    for _, module in graphs.editable_modules(model):
+        try:
+            graph = graphs.trace(module)
+        except graphs.TraceFailure as failure:
+            if _holds_loose_layers(module):
+                notes.append(f"layers called in it got no norm: {failure}")
+            continue
+        added = _insert_in_graph(module, graph, name, num_groups)
+        if added:
+            graphs.install(module, graph)
+            for kind, n in added.items():
+                inserted[kind] = inserted.get(kind, 0) + n
+            total = sum(added.values())
+            notes.append(f"{total} in {graphs.class_name(module)}.forward, traced with torch.fx")
     if not inserted:
-        return "norm: found no weight layer directly followed by an activation; nothing inserted"
-    counts = ", ".join(f"{n} {kind}" for kind, n in inserted.items())
-    return f"norm: inserted {counts} between weight layers and their activations"
+        account = "norm: found no weight layer directly followed by an activation; nothing inserted"
+    else:
+        counts = ", ".join(f"{n} {kind}" for kind, n in inserted.items())
+        account = f"norm: inserted {counts} between weight layers and their activations"
+    return account + "".join(f"; {note}" for note in notes)
+
+
+def _insert_in_graph(module: nn.Module, graph: fx.Graph, name: str, num_groups: int) -> dict:
+    """Norms between each called weight layer and the activation that is its only use."""
+    added: dict[str, int] = {}
+    for node in list(graph.nodes):
+        layer = graphs.called_module(module, node)
+        if layer is None or not is_weight_layer(layer) or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if node_kind(module, user) is None:
+            continue
+        spatial = not isinstance(layer, nn.Linear)
+        norm = create_norm(name, out_features(layer), spatial, num_groups)
+        attribute = graphs.fresh_name(module, f"{node.target}_norm")
+        module.add_module(attribute, norm)
+        with graph.inserting_after(node):
+            new = graph.call_module(attribute, (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda use, new=new: use is not new)
+        added[type(norm).__name__] = added.get(type(norm).__name__, 0) + 1
+    return added
+
+
+def _holds_loose_layers(module: nn.Module) -> bool:
+    """Whether `module` holds weight layers outside any nn.Sequential and other own forward."""
+    pending = list(module.children())
+    while pending:
+        child = pending.pop()
+        if is_weight_layer(child):
+            return True
+        if not isinstance(child, nn.Sequential) and not graphs.is_editable(child):
+            pending.extend(child.children())  # ModuleList, ModuleDict
+    return False

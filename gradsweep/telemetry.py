@@ -130,11 +130,15 @@ class GradientTelemetry:
             clip_total = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm(grads, clip.norm_type)), clip.norm_type
             )
-        # Computed and applied on the device: scaling by 1.0 when under the limit
-        # costs one fused multiply and saves a host branch, which is a sync on CUDA.
-        coef = (clip.max_norm / (clip_total + 1e-6)).clamp(max=1.0)
-        torch._foreach_mul_(grads, coef)
-        return (clip_total > clip.max_norm).to(total.dtype)
+        hit = clip_total > clip.max_norm
+        # On an accelerator the coefficient is computed and applied on the device: scaling
+        # by 1.0 when under the limit costs one fused multiply and saves a host branch,
+        # which would be a sync. On the CPU reading the flag costs nothing, and skipping
+        # the multiply saves a pass over every gradient.
+        if clip_total.device.type != "cpu" or hit:
+            coef = (clip.max_norm / (clip_total + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, coef)
+        return hit.to(total.dtype)
 
     def _clip_value(self, grads: list[torch.Tensor]) -> torch.Tensor:
         limit = self.clipping.clip_value

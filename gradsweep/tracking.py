@@ -2,8 +2,9 @@
 
 `start_tracking` turns the `logger` config node into a `Tracker`: a W&B run (online or
 offline, its files under `<run_dir>/wandb/`) or a `NullTracker` that makes no W&B call. The
-training loop calls `Tracker.log` once per step, so that method does nothing but the one
-`run.log` call.
+training loop calls `Tracker.log` once per step; a W&B tracker only queues the row there and
+one background thread makes every `run.*` call in order, so wandb's serialization (about a
+millisecond of Python a row) overlaps the step's tensor work, which releases the GIL.
 
 `logger.mode=auto` goes online only when wandb finds credentials and the server answers a TCP
 probe within `PROBE_TIMEOUT_S`; the online `wandb.init` itself is bounded by
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import shutil
 import socket
@@ -82,45 +84,85 @@ class NullTracker:
         pass
 
 
+class _OrderedWorker:
+    """Runs submitted calls one after another on a background thread.
+
+    One consumer of a FIFO queue: calls run in the order they were submitted, so no row is
+    reordered; `close()` waits for every call, so none is lost. An exception in a call stops
+    the worker and is raised again by the next `submit` or by `close`.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="gradsweep-wandb", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Any, *args: Any, **kwargs: Any) -> None:
+        if self._error is not None:
+            raise RuntimeError("W&B logging failed") from self._error
+        self._calls.put((call, args, kwargs))
+
+    def _loop(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, args, kwargs = item
+            try:
+                call(*args, **kwargs)
+            except BaseException as error:  # surfaced on the training thread
+                self._error = error
+                return
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._calls.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("W&B logging failed") from self._error
+
+
 class WandbTracker:
-    """A live wandb run, online or offline."""
+    """A live wandb run, online or offline, fed through one background thread."""
 
     def __init__(self, run: Any, mode: str) -> None:
         self.mode = mode
         self.run_id: str | None = run.id
         self._run = run
-        # The bound method, looked up once: log() is on the training hot path.
-        self._log = run.log
+        self._worker = _OrderedWorker()
         self._finished = False
 
     def define_metrics(self) -> None:
         for name, summary in METRIC_SUMMARIES.items():
-            self._run.define_metric(name, summary=summary)
+            self._worker.submit(self._run.define_metric, name, summary=summary)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        # One call per step, the dict as it is. A later call with the same step (images,
-        # eval) merges into the same history row; a smaller step is dropped with a warning.
-        self._log(metrics, step=step)
+        # One row per step, queued as it is: the caller must not change `metrics` after.
+        # A later call with the same step merges into the row; a smaller one is dropped.
+        self._worker.submit(self._run.log, metrics, step=step)
 
     def log_images(self, images: dict[str, Path], step: int | None = None) -> None:
         """Log PNG files as wandb.Image (copied into the run); step None: the current row."""
         import wandb  # already imported by start_tracking; free here
 
-        self._log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
+        images = {key: wandb.Image(str(path)) for key, path in images.items()}
+        self._worker.submit(self._run.log, images, step=step)
 
     def update_summary(self, values: dict[str, object]) -> None:
         # wandb 0.31 fails on a non-str key in a nested dict (TypeError in its encoder), as in
         # {"telemetry/layers": {0: "fc1"}}; JSON would make them strings anyway.
-        self._run.summary.update(_str_keys(values))
+        self._worker.submit(self._run.summary.update, _str_keys(values))
 
     def finish(self, exit_code: int = 0) -> None:
-        """End the run; a non-zero exit code marks it failed, the history logged so far stays.
+        """Drain the queued calls, then end the run; a non-zero exit code marks it failed.
 
         wandb's service writes the run's last records (summary, exit) to the `.wandb` file a
         few ms after this returns; `wandb.teardown()` or the end of the process waits for them.
         """
-        if not self._finished:
-            self._finished = True
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._worker.close()
+        finally:
             self._run.finish(exit_code=exit_code)
 
 

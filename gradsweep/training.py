@@ -132,37 +132,43 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     step = 0
     model.train()
     stream = iter(batches)
-    for step in range(max_steps):
-        x, y = next(stream)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        accuracy = (logits.argmax(1) == y).float().mean()
-        extra = None
-        is_last = step == max_steps - 1
-        if is_last or (step + 1) % cfg.trainer.eval_every == 0:
-            # Evaluate the weights this step's gradients were taken at, in the same row.
-            last_val = evaluate(model, data.val_x, data.val_y)
-            best_acc = max(best_acc, last_val["acc"])
-            extra = {"val/loss": last_val["loss"], "val/acc": last_val["acc"]}
-        row = monitor.step(loss, accuracy, step=step, extra=extra)  # norms, clip, log
-        optimizer.step()
-        if row is not None:
-            progress.update(step, row)
-        if monitor.non_finite_step is not None:
-            log.error("non-finite loss or gradient at step %d: stopping", monitor.non_finite_step)
-            break
-    monitor.flush()
-    progress.close()
+    try:
+        for step in range(max_steps):
+            x, y = next(stream)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            accuracy = (logits.argmax(1) == y).float().mean()
+            # Norms, clipping, the step's one host transfer and its W&B row.
+            row = monitor.step(loss, accuracy, step=step)
+            optimizer.step()
+            if row is not None:
+                progress.update(step, row)
+            if step == max_steps - 1 or (step + 1) % cfg.trainer.eval_every == 0:
+                # The weights after this step's update; W&B merges it into the step's row.
+                last_val = evaluate(model, data.val_x, data.val_y)
+                best_acc = max(best_acc, last_val["acc"])
+                tracker.log({"val/loss": last_val["loss"], "val/acc": last_val["acc"]}, step)
+            if monitor.non_finite_step is not None:
+                log.error(
+                    "non-finite loss or gradient at step %d: stopping", monitor.non_finite_step
+                )
+                break
+        monitor.flush()
+        progress.close()
 
-    test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
-    evals = {"val": last_val, "val_best": best_acc, "test": test}
-    summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
-    _report(monitor, summary, run_dir, tracker)
-    write_json_atomic(run_dir / "summary.json", summary)
-    tracker.update_summary(summary)
-    tracker.finish(exit_code=0)
+        test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
+        evals = {"val": last_val, "val_best": best_acc, "test": test}
+        summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
+        _report(monitor, summary, run_dir, tracker)
+        write_json_atomic(run_dir / "summary.json", summary)
+        tracker.update_summary(summary)
+    except BaseException:
+        tracker.finish(exit_code=1)  # the history logged so far stays, marked failed
+        raise
+    # A run stopped by NaN/inf is recorded in full, and marked failed in W&B.
+    tracker.finish(exit_code=0 if monitor.non_finite_step is None else 1)
     return float(last_val.get("acc", math.nan))
 
 

@@ -146,3 +146,59 @@ def test_bad_input_on_the_command_line_exits_non_zero(overrides, message, tmp_pa
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.fixture
+def no_wandb_credentials(monkeypatch, tmp_path):
+    """No API key anywhere wandb looks, and no WANDB_MODE: the user's first run."""
+    import wandb
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    yield
+    wandb.teardown()  # flushes the runs' last records to their files
+
+
+def test_offline_wandb_run_holds_a_row_per_step_and_the_verdict(
+    make_cfg, tmp_path, no_wandb_credentials
+) -> None:
+    import wandb
+
+    from gradsweep.wandb_records import find_runs, read_run
+
+    cfg = make_cfg("logger=wandb", "clipping=norm", max_steps=12, eval_every=5)
+    train(cfg, run_dir=tmp_path)  # no key, no WANDB_MODE: auto falls back to offline
+    wandb.teardown()
+    (path,) = find_runs(tmp_path / "wandb")
+    record = read_run(path)
+    steps = [row["_step"] for row in record.history if "train/loss" in row]
+    assert steps == list(range(12))  # one row per training step, in order
+    params = [name for name, p in make_model_params(cfg)]
+    for row in record.history:
+        if "train/loss" in row:
+            assert {f"grad_norm/{name}" for name in params} <= set(row)
+            assert {"grad_norm/total", "grad_flow/log10_ratio", "clip/hit", "clip/hit_rate"} <= set(
+                row
+            )
+    evals = [row["_step"] for row in record.history if "val/acc" in row]
+    assert evals == [4, 9, 11]  # every eval_every steps and the last, in the same rows
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert record.summary["diagnosis/verdict"] == summary["diagnosis/verdict"] == "vanishing"
+    assert record.summary["clip/hit_rate"] == pytest.approx(summary["clip/hit_rate"])
+    assert record.config["activation"] == "sigmoid" and record.config["optimizer.lr"] == 0.01
+    assert record.config["data.source"] == "bundled"
+    assert record.exit_code == 0
+
+
+def make_model_params(cfg) -> list:
+    from gradsweep.data import dataset_shape
+    from gradsweep.fixes import apply_fixes
+    from gradsweep.models import create_model
+
+    shape, classes = dataset_shape(cfg.data.name)
+    model = create_model(cfg.model, shape, classes)
+    apply_fixes(model, cfg, torch.zeros(2, *shape))
+    return list(model.named_parameters())
