@@ -12,20 +12,26 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradsweep.errors import USER_ERRORS
+from gradsweep.errors import EXIT_NON_FINITE, EXIT_USER_ERROR, USER_ERRORS
 from gradsweep.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    # In a multirun, a failed job is recorded by the launcher and the next one runs: a
+    # SystemExit would stop the basic launcher's whole grid, so only a lone run exits.
+    alone = HydraConfig.get().mode == RunMode.RUN
     try:
-        # The validation accuracy is what Hydra's optimizing sweepers read.
-        return train(cfg)
+        result = train(cfg)
     except USER_ERRORS as error:
         logging.getLogger("gradsweep").error("%s", error)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # let the launcher record this job as failed and go on
-        sys.exit(2)
+        if alone:
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    if alone and result.non_finite_step is not None:
+        sys.exit(EXIT_NON_FINITE)
+    # The validation accuracy is what Hydra's optimizing sweepers read.
+    return result.val_acc
 
 
 if __name__ == "__main__":

@@ -183,6 +183,37 @@ class GradientMonitor:
             self.tracker.log(row, step=step)
         return row
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the counts, the window and the pictures.
+
+        Logs the row still in flight first (CUDA), so the state covers every step so far.
+        """
+        self.flush()
+        return {
+            "steps": self.steps,
+            "clip_hits": self._clip_hits.cpu(),
+            "clip_steps": self._clip_steps,
+            "clip": (self.clip.steps, self.clip.hits),
+            "layer_history": torch.tensor(self.layer_history, dtype=torch.float64),
+            "steps_measured": list(self.steps_measured),
+            "totals": list(self._totals),
+            "non_finite_step": self.non_finite_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self._clip_hits.copy_(state["clip_hits"])
+        self._clip_steps = state["clip_steps"]
+        self.clip = ClipStats(*state["clip"])
+        self.layer_history = state["layer_history"].tolist()
+        self.steps_measured = list(state["steps_measured"])
+        window = self._window.maxlen
+        self._window.clear()
+        self._window.extend(self.layer_history[-window:] if window else [])
+        self._totals.clear()
+        self._totals.extend(state["totals"])
+        self.non_finite_step = state["non_finite_step"]
+
     def verdict(self) -> Verdict:
         """The verdict over the most recent window of measured steps."""
         return diagnose(list(self._window), list(self._totals), self.thresholds)

@@ -23,6 +23,7 @@ import socket
 import string
 import threading
 import urllib.request
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +59,12 @@ class Tracker(Protocol):
 
     def update_summary(self, values: dict[str, object]) -> None: ...
 
+    def flush(self) -> None: ...
+
+    def recent_rows(self) -> list[tuple[dict[str, float], int]]: ...
+
+    def replay(self, rows: list[tuple[dict[str, float], int]]) -> None: ...
+
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -78,6 +85,15 @@ class NullTracker:
         pass
 
     def update_summary(self, values: dict[str, object]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def recent_rows(self) -> list[tuple[dict[str, float], int]]:
+        return []
+
+    def replay(self, rows: list[tuple[dict[str, float], int]]) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
@@ -112,6 +128,12 @@ class _OrderedWorker:
                 self._error = error
                 return
 
+    def drain(self) -> None:
+        """Wait until every call submitted so far has run."""
+        done = threading.Event()
+        self.submit(done.set)
+        done.wait()
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._calls.put(None)
@@ -123,12 +145,17 @@ class _OrderedWorker:
 class WandbTracker:
     """A live wandb run, online or offline, fed through one background thread."""
 
+    # Rows kept for `recent_rows`: a killed process can take the rows still in wandb's own
+    # buffers with it, and a resumed run logs these again (equal values) to cover them.
+    RECENT_ROWS = 256
+
     def __init__(self, run: Any, mode: str) -> None:
         self.mode = mode
         self.run_id: str | None = run.id
         self._run = run
         self._worker = _OrderedWorker()
         self._finished = False
+        self._recent: deque[tuple[dict[str, float], int]] = deque(maxlen=self.RECENT_ROWS)
 
     def define_metrics(self) -> None:
         for name, summary in METRIC_SUMMARIES.items():
@@ -138,6 +165,18 @@ class WandbTracker:
         # One row per step, queued as it is: the caller must not change `metrics` after.
         # A later call with the same step merges into the row; a smaller one is dropped.
         self._worker.submit(self._run.log, metrics, step=step)
+        self._recent.append((metrics, step))
+
+    def recent_rows(self) -> list[tuple[dict[str, float], int]]:
+        """The last rows given to `log`, oldest first, for a checkpoint to carry."""
+        return list(self._recent)
+
+    def replay(self, rows: list[tuple[dict[str, float], int]]) -> None:
+        """Log rows a killed run may have lost again, in order (offline runs only: an
+        online run drops steps below its last one, which the server already has)."""
+        if self.mode == "offline":
+            for metrics, step in rows:
+                self.log(metrics, step)
 
     def log_images(self, images: dict[str, Path], step: int | None = None) -> None:
         """Log PNG files as wandb.Image (copied into the run); step None: the current row."""
@@ -150,6 +189,11 @@ class WandbTracker:
         # wandb 0.31 fails on a non-str key in a nested dict (TypeError in its encoder), as in
         # {"telemetry/layers": {0: "fc1"}}; JSON would make them strings anyway.
         self._worker.submit(self._run.summary.update, _str_keys(values))
+
+    def flush(self) -> None:
+        """Wait until wandb has every row logged so far (before a checkpoint is written)."""
+        if not self._finished:
+            self._worker.drain()
 
     def finish(self, exit_code: int = 0) -> None:
         """Drain the queued calls, then end the run; a non-zero exit code marks it failed.

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,15 +23,24 @@ from omegaconf import DictConfig
 from torch import nn
 
 from gradsweep.activations import dominant_activation
+from gradsweep.checkpoint import (
+    checkpoint_path,
+    config_hash,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from gradsweep.data import Batches, Data, iterate_eval, load_data
 from gradsweep.diagnosis import Thresholds, advise
 from gradsweep.fixes import UNCHANGED, apply_fixes
 from gradsweep.models import create_model
 from gradsweep.monitor import GradientMonitor
 from gradsweep.optimizers import create_optimizer
+from gradsweep.signals import StopRequest
 from gradsweep.summary import flat_config, group_choice, write_json_atomic
 from gradsweep.telemetry import Clipping
-from gradsweep.validate import check_config
+from gradsweep.validate import ConfigError, check_config
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +94,33 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     return {"loss": loss / len(y), "acc": hits / len(y)}
 
 
-def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
-    """Train one configuration; return the final validation accuracy.
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports back: train.py turns it into an exit code."""
 
-    `run_dir` holds summary.json, the pictures and the W&B folder; by default
-    Hydra's output folder for this job.
+    val_acc: float
+    verdict: str
+    non_finite_step: int | None
+    summary: dict[str, object]
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
+    """Train one configuration, resuming from `run_dir`'s checkpoint if it holds one.
+
+    `run_dir` holds summary.json, the pictures, checkpoints/ and the W&B folder; by
+    default Hydra's output folder for this job.
     """
     check_config(cfg)  # before anything heavy: bad values fail in milliseconds
-    run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _writable_run_dir(run_dir)
     device = pick_device(cfg.trainer.device)
+    saved = _saved_state(cfg, run_dir)  # a corrupt or foreign checkpoint fails here, early
 
     data = load_data(cfg.data, device)
     model = build_model(cfg, data, device)
     optimizer = create_optimizer(cfg.optimizer, model.parameters())
-
-    from gradsweep.tracking import start_tracking
-
-    record = {**flat_config(cfg), "data.source": data.source}
-    tracker = start_tracking(cfg.logger, record, run_dir)
+    generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
+    batches = Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment)
+    max_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.steps_per_epoch
     thresholds = _thresholds(cfg.telemetry)
     monitor = GradientMonitor(
         model,
@@ -111,55 +130,97 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         log_every_n_steps=cfg.telemetry.log_every_n_steps,
         window=cfg.telemetry.window,
         thresholds=thresholds,
-        tracker=tracker,
     )
+    progress = {"val": {}, "val_best": -math.inf}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        batches.load_state_dict(saved["batches"])
+        monitor.load_state_dict(saved["monitor"])
+        restore_rng_state(saved["rng"])
+        progress = saved["progress"]
+        log.info("resuming from %s at step %d", checkpoint_path(run_dir), saved["step"])
+
+    from gradsweep.tracking import start_tracking
+
+    record = {**flat_config(cfg), "data.source": data.source}
+    run_id = saved["wandb_run_id"] if saved is not None else None
+    tracker = start_tracking(cfg.logger, record, run_dir, run_id=run_id)
+    if saved is not None and not saved["clean_stop"]:
+        tracker.replay(saved["recent_rows"])  # what a killed run may not have written
+    monitor.tracker = tracker
     tracker.update_summary({"telemetry/layers": dict(enumerate(monitor.layers))})
 
-    generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
-    batches = Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment)
-    max_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.steps_per_epoch
+    def checkpoint(next_step: int, clean_stop: bool = False) -> None:
+        # Every row up to here reaches wandb before the checkpoint says it was logged.
+        monitor.flush()
+        tracker.flush()
+        state = {
+            "config_hash": config_hash(cfg),
+            "step": next_step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "batches": batches.state_dict(),
+            "monitor": monitor.state_dict(),
+            "rng": rng_state(),
+            "progress": progress,
+            "wandb_run_id": tracker.run_id,
+            "recent_rows": tracker.recent_rows(),
+            # A stop we handled ends the W&B run in order: nothing to log again.
+            "clean_stop": clean_stop,
+        }
+        save_checkpoint(checkpoint_path(run_dir), state)
+
+    first_step = saved["step"] if saved is not None else 0
     log.info(
-        "training %d steps (%d per epoch) on %s; telemetry on %d weight layers",
+        "training steps %d..%d (%d per epoch) on %s; telemetry on %d weight layers",
+        first_step,
         max_steps,
         batches.steps_per_epoch,
         device,
         len(monitor.layers),
     )
-
-    progress = _Progress(max_steps)
-    last_val: dict[str, float] = {}
-    best_acc = -math.inf
-    step = 0
+    meter = _Progress(max_steps, first_step)
+    step = first_step - 1
     model.train()
     stream = iter(batches)
     try:
-        for step in range(max_steps):
-            x, y = next(stream)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            accuracy = (logits.argmax(1) == y).float().mean()
-            # Norms, clipping, the step's one host transfer and its W&B row.
-            row = monitor.step(loss, accuracy, step=step)
-            optimizer.step()
-            if row is not None:
-                progress.update(step, row)
-            if step == max_steps - 1 or (step + 1) % cfg.trainer.eval_every == 0:
-                # The weights after this step's update; W&B merges it into the step's row.
-                last_val = evaluate(model, data.val_x, data.val_y)
-                best_acc = max(best_acc, last_val["acc"])
-                tracker.log({"val/loss": last_val["loss"], "val/acc": last_val["acc"]}, step)
-            if monitor.non_finite_step is not None:
-                log.error(
-                    "non-finite loss or gradient at step %d: stopping", monitor.non_finite_step
-                )
-                break
-        monitor.flush()
-        progress.close()
+        with StopRequest() as stop:
+            for step in range(first_step, max_steps):
+                x, y = next(stream)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                accuracy = (logits.argmax(1) == y).float().mean()
+                # Norms, clipping, the step's one host transfer and its W&B row.
+                row = monitor.step(loss, accuracy, step=step)
+                optimizer.step()
+                if row is not None:
+                    meter.update(step, row)
+                if step == max_steps - 1 or (step + 1) % cfg.trainer.eval_every == 0:
+                    # The weights after this step's update; W&B merges it into the step's row.
+                    val = progress["val"] = evaluate(model, data.val_x, data.val_y)
+                    progress["val_best"] = max(progress["val_best"], val["acc"])
+                    tracker.log({"val/loss": val["loss"], "val/acc": val["acc"]}, step)
+                if monitor.non_finite_step is not None:
+                    log.error("non-finite loss or gradient at step %d: stopping", step)
+                    break
+                if stop.requested or (step + 1) % cfg.trainer.checkpoint_every == 0:
+                    checkpoint(step + 1, clean_stop=stop.requested)
+                if stop.requested:
+                    log.warning(
+                        "signal %d: checkpoint saved at step %d; stopping", stop.signum, step + 1
+                    )
+                    tracker.finish(exit_code=128 + stop.signum)
+                    stop.handover()
+            monitor.flush()
+            meter.close()
+            if monitor.non_finite_step is None:
+                checkpoint(max_steps, clean_stop=True)  # a re-run of a finished run trains no more
 
         test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
-        evals = {"val": last_val, "val_best": best_acc, "test": test}
+        evals = {**progress, "test": test}
         summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
         _report(monitor, summary, run_dir, tracker)
         write_json_atomic(run_dir / "summary.json", summary)
@@ -169,7 +230,32 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         raise
     # A run stopped by NaN/inf is recorded in full, and marked failed in W&B.
     tracker.finish(exit_code=0 if monitor.non_finite_step is None else 1)
-    return float(last_val.get("acc", math.nan))
+    return RunResult(
+        val_acc=float(progress["val"].get("acc", math.nan)),
+        verdict=str(summary["diagnosis/verdict"]),
+        non_finite_step=monitor.non_finite_step,
+        summary=summary,
+    )
+
+
+def _writable_run_dir(run_dir: Path | None) -> Path:
+    """The run folder, created and checked writable before any work is done in it."""
+    run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to the run folder {run_dir} ({error.strerror}): "
+            "pick a writable hydra.run.dir (or hydra.sweep.dir for -m)"
+        ) from error
+    return run_dir
+
+
+def _saved_state(cfg: DictConfig, run_dir: Path) -> dict | None:
+    path = checkpoint_path(run_dir)
+    return load_checkpoint(path, config_hash(cfg)) if path.exists() else None
 
 
 def build_model(cfg: DictConfig, data: Data, device: torch.device) -> nn.Module:
@@ -275,8 +361,8 @@ def _report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path,
 class _Progress:
     """A one-line progress report on stderr: every few seconds, and never on stdout."""
 
-    def __init__(self, total: int, every_seconds: float = 5.0) -> None:
-        self.total = total
+    def __init__(self, total: int, first: int = 0, every_seconds: float = 5.0) -> None:
+        self.total, self.first = total, first
         self.every = every_seconds
         self.start = self.last = time.perf_counter()
 
@@ -285,7 +371,7 @@ class _Progress:
         if now - self.last < self.every and step + 1 < self.total:
             return
         self.last = now
-        rate = (step + 1) / max(now - self.start, 1e-9)
+        rate = (step + 1 - self.first) / max(now - self.start, 1e-9)
         parts = [
             f"step {step + 1}/{self.total}",
             f"loss {row['train/loss']:.4f}",

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# One torch thread per test process and per subprocess it starts: the tests measure no
+# speed, and on a busy 2-core machine two OpenMP threads per process oversubscribe the
+# cores and run some steps tens of times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Callable
 
 import pytest

@@ -1,0 +1,99 @@
+"""checkpoints/last.pt: everything a run needs to continue exactly where it stopped.
+
+Written atomically (a temp file, then a rename), so a kill mid-write leaves the previous
+checkpoint intact; read with `torch.load(weights_only=True)`, which unpickles tensors and
+plain containers only, never arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from gradsweep.summary import flat_config
+
+FORMAT = "gradsweep-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed, with what to do about it."""
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of everything that shapes training: where it is logged (logger.*) and how
+    often it is checkpointed do not count, so a resumed run may log elsewhere."""
+    relevant = {
+        key: value
+        for key, value in flat_config(cfg).items()
+        if not key.startswith("logger") and key != "trainer.checkpoint_every"
+    }
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically, with the format marker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any]:
+    """The state saved at `path`, checked to be ours and to match this run's config."""
+    fix = f"delete {path.parent} to start over, or pick a new hydra.run.dir"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({first_line}): it is corrupt or not a "
+            f"gradsweep checkpoint; {fix}"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gradsweep checkpoint; {fix}")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {state.get('version')}, this gradsweep reads "
+            f"{VERSION}; {fix}"
+        )
+    if state.get("config_hash") != expected_hash:
+        raise CheckpointError(
+            f"{path} was written by a different config (hash {state.get('config_hash')}, "
+            f"this run {expected_hash}): resuming would mix two experiments; {fix}, "
+            "or re-run with the overrides it was started with"
+        )
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

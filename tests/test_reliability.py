@@ -1,0 +1,181 @@
+"""Preemption, kills, NaN and secrets: a run resumes exactly and loses nothing it logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradsweep.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
+from gradsweep.errors import EXIT_NON_FINITE
+from gradsweep.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_KEY = "gsfake" + "0123456789abcdef" * 2 + "xyzw"  # 42 chars, well formed, never valid
+RUN = ["data.source=bundled", "trainer.max_steps=40", "trainer.checkpoint_every=10"]
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    home = tmp_path / "home"
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / ".wandb"), NETRC=str(home / ".netrc"))
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", **extra)
+    return env
+
+
+def start(run_dir: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
+    command = [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
+
+
+def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 180
+    while not checkpoint_path(run_dir).exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint_path(run_dir), weights_only=True)["model"]
+
+
+def history_steps(run_dir: Path) -> list[tuple[int, float]]:
+    from gradsweep.wandb_records import find_runs, read_run
+
+    rows = []
+    for path in find_runs(run_dir / "wandb"):
+        rows += [(r["_step"], r["train/loss"]) for r in read_run(path).history if "train/loss" in r]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    code, stderr = finish(start(run_dir, clean_env(run_dir), "logger=none"))
+    assert code == 0, stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_weights_and_metrics(uninterrupted, tmp_path, sig):
+    env = clean_env(tmp_path)
+    process = start(tmp_path, env, "logger=wandb")
+    wait_for_checkpoint(tmp_path, process)
+    process.send_signal(sig)
+    code, stderr = finish(process)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM), stderr
+    if sig == signal.SIGTERM:
+        assert "checkpoint saved at step" in stderr
+    stopped_at = torch.load(checkpoint_path(tmp_path), weights_only=True)["step"]
+    assert 0 < stopped_at < 40
+
+    code, stderr = finish(start(tmp_path, env, "logger=wandb"))
+    assert code == 0, stderr
+    assert f"resuming from {checkpoint_path(tmp_path)} at step {stopped_at}" in stderr
+
+    expected, resumed = final_weights(uninterrupted), final_weights(tmp_path)
+    assert max((expected[k] - resumed[k]).abs().max().item() for k in expected) == 0.0
+    a = json.loads((uninterrupted / "summary.json").read_text())
+    b = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("val/acc", "val/loss", "val/acc_best", "grad_flow/log10_ratio", "steps"):
+        assert a[key] == b[key], key
+    assert a["diagnosis/verdict"] == b["diagnosis/verdict"]
+
+    # Both offline W&B folders carry the same run id, so `wandb sync` merges them.
+    rows = history_steps(tmp_path)
+    steps = sorted(step for step, _ in rows)
+    assert sorted(set(steps)) == list(range(40))  # no step is missing
+    if sig == signal.SIGTERM:
+        assert steps == list(range(40))  # checkpointed at the signal: each step exactly once
+    else:  # steps after the last checkpoint may appear twice, with equal values
+        values: dict[int, float] = {}
+        for step, loss in rows:
+            assert values.setdefault(step, loss) == loss
+    ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1
+
+
+def test_finished_run_folder_trains_no_more(uninterrupted) -> None:
+    before = final_weights(uninterrupted)
+    code, stderr = finish(start(uninterrupted, clean_env(uninterrupted), "logger=none"))
+    assert code == 0 and "at step 40" in stderr
+    after = final_weights(uninterrupted)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_of_another_config_is_refused(make_cfg, tmp_path) -> None:
+    train(make_cfg(max_steps=2), run_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="different config"):
+        train(make_cfg("activation=relu", max_steps=2), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a checkpoint at all", "corrupt or not a gradsweep checkpoint"),
+        (None, "not a gradsweep"),
+    ],
+)
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(make_cfg, tmp_path, content, message):
+    path = checkpoint_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    if content is None:
+        torch.save({"model": {}}, path)  # someone else's checkpoint
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        train(make_cfg(max_steps=2), run_dir=tmp_path)
+
+
+def test_checkpoint_write_is_atomic(tmp_path) -> None:
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"step": 1})
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_nan_stops_the_run_with_its_own_exit_code(tmp_path) -> None:
+    overrides = ("logger=wandb", "activation=relu", "init=kaiming", "optimizer.lr=1e4")
+    process = start(tmp_path, clean_env(tmp_path), *overrides)
+    code, stderr = finish(process)
+    assert code == EXIT_NON_FINITE, stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diagnosis/verdict"] == "non_finite"
+    step = summary["diagnosis/non_finite_step"]
+    assert summary["steps"] == step + 1 < 40
+    assert sorted(s for s, _ in history_steps(tmp_path)) == list(range(step + 1))
+
+
+def test_unwritable_run_folder_is_named(make_cfg, tmp_path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    from gradsweep.validate import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot write to the run folder"):
+        train(make_cfg(max_steps=2), run_dir=blocker / "run")
+
+
+def test_api_key_appears_in_no_file_and_no_output(tmp_path) -> None:
+    env = clean_env(tmp_path, WANDB_API_KEY=FAKE_KEY)
+    del env["WANDB_MODE"]  # auto mode sees the key, finds no server, goes offline
+    code, stderr = finish(start(tmp_path / "run", env, "logger=wandb", "trainer.max_steps=5"))
+    assert code == 0, stderr
+    assert FAKE_KEY not in stderr
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".pt" for p in files)
+    for path in files:
+        assert FAKE_KEY.encode() not in path.read_bytes(), path
