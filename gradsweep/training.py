@@ -184,12 +184,17 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     step = first_step - 1
     model.train()
     stream = iter(batches)
+    forward = _compiled(model, cfg.trainer.compile)  # shares the model's parameters
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16"
+    )
     try:
         with StopRequest() as stop:
             for step in range(first_step, max_steps):
                 x, y = next(stream)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                with autocast:
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 accuracy = (logits.argmax(1) == y).float().mean()
@@ -236,6 +241,13 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         non_finite_step=monitor.non_finite_step,
         summary=summary,
     )
+
+
+def _compiled(model: nn.Module, setting: bool | str):
+    """The training forward: the model itself, or torch.compile of it (`true`: inductor)."""
+    if setting is False:
+        return model
+    return torch.compile(model, backend="inductor" if setting is True else setting)
 
 
 def _writable_run_dir(run_dir: Path | None) -> Path:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 DATA_SOURCES = ("auto", "full", "bundled")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 TELEMETRY_PARAMS = ("all", "weights")
+PRECISIONS = ("32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -124,6 +125,14 @@ def check_config(cfg: DictConfig) -> None:
         positive("trainer.max_steps", integer=True, minimum=1, strict=False)
     positive("trainer.eval_every", integer=True, minimum=1, strict=False)
     positive("trainer.checkpoint_every", integer=True, minimum=1, strict=False)
+    need(
+        str(trainer.precision) in PRECISIONS,
+        f"trainer.precision={trainer.precision!r}: choose one of {list(PRECISIONS)}",
+    )
+    need(
+        isinstance(trainer.compile, (bool, str)),
+        f"trainer.compile={trainer.compile!r}: use false, true or a torch.compile backend name",
+    )
 
     telemetry = cfg.telemetry
     positive("telemetry.log_every_n_steps", integer=True, minimum=1, strict=False)

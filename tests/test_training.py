@@ -202,3 +202,9 @@ def make_model_params(cfg) -> list:
     model = create_model(cfg.model, shape, classes)
     apply_fixes(model, cfg, torch.zeros(2, *shape))
     return list(model.named_parameters())
+
+
+@pytest.mark.parametrize("switch", ["trainer.precision=bf16", "trainer.compile=aot_eager"])
+def test_bf16_autocast_and_compile_switches_train(make_cfg, tmp_path, switch) -> None:
+    summary = run(make_cfg, tmp_path, "activation=relu", "init=kaiming", switch, max_steps=6)
+    assert summary["steps"] == 6 and summary["diagnosis/verdict"] != "non_finite"
