@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from gradsweep.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from gradsweep.console import Progress, report
 from gradsweep.data import Batches, Data, iterate_eval, load_data
 from gradsweep.diagnosis import Thresholds, advise
 from gradsweep.fixes import UNCHANGED, apply_fixes
@@ -180,7 +180,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         device,
         len(monitor.layers),
     )
-    meter = _Progress(max_steps, first_step)
+    meter = Progress(max_steps, first_step)
     step = first_step - 1
     model.train()
     stream = iter(batches)
@@ -227,7 +227,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
         evals = {**progress, "test": test}
         summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
-        _report(monitor, summary, run_dir, tracker)
+        report(monitor, summary, run_dir, tracker)
         write_json_atomic(run_dir / "summary.json", summary)
         tracker.update_summary(summary)
     except BaseException:
@@ -334,70 +334,6 @@ def _summarize(
     if evals["test"] is not None:
         summary["test/loss"], summary["test/acc"] = evals["test"]["loss"], evals["test"]["acc"]
     return summary
-
-
-def _report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, tracker) -> None:
-    """The end of a run, for people: the per-layer table, the verdict, the pictures."""
-    verdict = monitor.verdict()
-    lines = ["gradient norm per weight layer (median over the verdict's window):"]
-    for index, (name, value) in enumerate(zip(monitor.layers, verdict.layer_medians, strict=True)):
-        lines.append(f"  {index:>3}  {name:<28} {value:.3e}")
-    ratio = f"log10 first/last = {verdict.log10_ratio:+.2f}"
-    lines.append(f"verdict: {verdict.label} ({ratio}; {verdict.reason})")
-    lines.append(f"advice: {summary['diagnosis/advice']}")
-    lines.append(
-        f"val/acc {summary['val/acc']:.4f} (best {summary['val/acc_best']:.4f}) "
-        f"after {summary['steps']} steps"
-    )
-    log.info("\n".join(lines))
-    if not monitor.layer_history:
-        return
-    from gradsweep.pictures import gradient_heatmap, layer_bars
-
-    title = " ".join(f"{g}={summary[g]}" for g in ("activation", "init", "norm", "skip"))
-    images = {
-        "grad_flow/heatmap": gradient_heatmap(
-            monitor.layer_history,
-            monitor.steps_measured,
-            monitor.layers,
-            run_dir / "grad_flow_heatmap.png",
-            title=title,
-        ),
-        "grad_flow/layer_medians": layer_bars(
-            verdict.layer_medians, monitor.layers, run_dir / "grad_flow_layers.png", title=title
-        ),
-    }
-    tracker.log_images(images)
-
-
-class _Progress:
-    """A one-line progress report on stderr: every few seconds, and never on stdout."""
-
-    def __init__(self, total: int, first: int = 0, every_seconds: float = 5.0) -> None:
-        self.total, self.first = total, first
-        self.every = every_seconds
-        self.start = self.last = time.perf_counter()
-
-    def update(self, step: int, row: dict[str, float]) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every and step + 1 < self.total:
-            return
-        self.last = now
-        rate = (step + 1 - self.first) / max(now - self.start, 1e-9)
-        parts = [
-            f"step {step + 1}/{self.total}",
-            f"loss {row['train/loss']:.4f}",
-            f"acc {row.get('train/acc', math.nan):.3f}",
-            f"log10 first/last {row['grad_flow/log10_ratio']:+.1f}",
-        ]
-        if "clip/hit_rate" in row:
-            parts.append(f"clip {row['clip/hit_rate']:.0%}")
-        parts.append(f"{rate:.0f} steps/s")
-        log.info(" | ".join(parts))
-
-    def close(self) -> None:
-        elapsed = time.perf_counter() - self.start
-        log.info("trained in %.1f s", elapsed)
 
 
 def _hydra_output_dir() -> Path:

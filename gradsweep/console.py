@@ -1,0 +1,86 @@
+"""What a person watching a run sees on stderr: progress while training, a report at the end."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from gradsweep.monitor import GradientMonitor
+
+log = logging.getLogger("gradsweep.training")
+
+
+class Progress:
+    """Progress on stderr, never stdout: a bar redrawn in place on a terminal, else a log
+    line every `every_seconds` (cluster logs stay readable)."""
+
+    def __init__(self, total: int, first: int = 0, every_seconds: float = 5.0) -> None:
+        self.total, self.first = total, first
+        self.tty = sys.stderr.isatty()
+        self.every = 0.2 if self.tty else every_seconds
+        self.start = self.last = time.perf_counter()
+
+    def update(self, step: int, row: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and step + 1 < self.total:
+            return
+        self.last = now
+        rate = (step + 1 - self.first) / max(now - self.start, 1e-9)
+        parts = [
+            f"loss {row['train/loss']:.4f}",
+            f"acc {row.get('train/acc', math.nan):.3f}",
+            f"log10 first/last {row['grad_flow/log10_ratio']:+.1f}",
+        ]
+        if "clip/hit_rate" in row:
+            parts.append(f"clip {row['clip/hit_rate']:.0%}")
+        parts.append(f"{rate:.0f} steps/s")
+        if self.tty:
+            done = (step + 1) / self.total
+            bar = "#" * round(20 * done)
+            sys.stderr.write(f"\r[{bar:<20}] {step + 1}/{self.total} | " + " | ".join(parts))
+            sys.stderr.flush()
+        else:
+            log.info("step %d/%d | %s", step + 1, self.total, " | ".join(parts))
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+        log.info("trained in %.1f s", time.perf_counter() - self.start)
+
+
+def report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, tracker) -> None:
+    """The end of a run, for people: the per-layer table, the verdict, the pictures
+    (saved in `run_dir` and logged to the tracker)."""
+    verdict = monitor.verdict()
+    lines = ["gradient norm per weight layer (median over the verdict's window):"]
+    for index, (name, value) in enumerate(zip(monitor.layers, verdict.layer_medians, strict=True)):
+        lines.append(f"  {index:>3}  {name:<28} {value:.3e}")
+    ratio = f"log10 first/last = {verdict.log10_ratio:+.2f}"
+    lines.append(f"verdict: {verdict.label} ({ratio}; {verdict.reason})")
+    lines.append(f"advice: {summary['diagnosis/advice']}")
+    lines.append(
+        f"val/acc {summary['val/acc']:.4f} (best {summary['val/acc_best']:.4f}) "
+        f"after {summary['steps']} steps"
+    )
+    log.info("\n".join(lines))
+    if not monitor.layer_history:
+        return
+    from gradsweep.pictures import gradient_heatmap, layer_bars
+
+    title = " ".join(f"{g}={summary[g]}" for g in ("activation", "init", "norm", "skip"))
+    images = {
+        "grad_flow/heatmap": gradient_heatmap(
+            monitor.layer_history,
+            monitor.steps_measured,
+            monitor.layers,
+            run_dir / "grad_flow_heatmap.png",
+            title=title,
+        ),
+        "grad_flow/layer_medians": layer_bars(
+            verdict.layer_medians, monitor.layers, run_dir / "grad_flow_layers.png", title=title
+        ),
+    }
+    tracker.log_images(images)
