@@ -160,6 +160,12 @@ def _written(node: fx.Node) -> str:
     return FUNCTION_KINDS[node.target][1]
 
 
+def describe(root: nn.Module, node: fx.Node) -> str:
+    """An activation node as an account names it: "torch.sigmoid", "x.tanh()", "GELU"."""
+    module = graphs.called_module(root, node)
+    return type(module).__name__ if module is not None else _written(node)
+
+
 def _same_as_target(node: fx.Node, kind: str, name: str, target: nn.Module) -> bool:
     """Whether a call already computes what the chosen activation module would."""
     if kind != name:
@@ -231,27 +237,9 @@ def swap_activations(
     if replaced:
         swaps = ", ".join(f"{n} {kind}" for kind, n in replaced.items())
         parts.append(f"swapped {swaps} -> {target!r}")
-    for _, module in graphs.editable_modules(model):
-        try:
-            graph = graphs.trace(module)
-        except graphs.TraceFailure as failure:
-            names = {n for k in wanted - {name} for n in (k, f"{k}_")} | (
-                {"expit"} if "sigmoid" in wanted and name != "sigmoid" else set()
-            )
-            left = graphs.source_calls(module, names)
-            if left:
-                parts.append(f"left {', '.join(left)} as they are: {failure}")
-            continue
-        swapped, still = _swap_calls(module, graph, name, wanted, target, kwargs)
-        kept += still
-        if swapped:
-            graphs.install(module, graph)
-            calls = ", ".join(f"{n} {how}" for how, n in swapped.items())
-            total = sum(swapped.values())
-            parts.append(
-                f"swapped {calls} call{'s' if total > 1 else ''} in "
-                f"{graphs.class_name(module)}.forward -> {target!r} (traced with torch.fx)"
-            )
+    called, kept_calls = _swap_in_forwards(model, name, wanted, target, kwargs)
+    parts += called
+    kept += kept_calls
     if not any(part.startswith("swapped") for part in parts):
         nothing = (
             f"all {kept} activations already are {target!r}; nothing swapped"
@@ -260,6 +248,48 @@ def swap_activations(
         )
         parts.insert(0, nothing)
     return "activation: " + "; ".join(parts)
+
+
+def _swap_in_forwards(
+    model: nn.Module, name: str, wanted: set[str], target: nn.Module, kwargs: dict[str, object]
+) -> tuple[list[str], int]:
+    """Swap activation calls in every forward that traces; name those left in the rest.
+
+    Returns the account's parts and how many calls already were the chosen activation.
+    """
+    kept = 0
+    calls: dict[str, int] = {}  # how the call was written -> count
+    in_graphs: dict[str, int] = {}  # class -> forwards edited
+    left: list[str] = []
+    for _, module in graphs.editable_modules(model):
+        try:
+            graph = graphs.trace(module)
+        except graphs.TraceFailure as failure:
+            names = {n for k in wanted - {name} for n in (k, f"{k}_")}
+            if "sigmoid" in wanted and name != "sigmoid":
+                names.add("expit")
+            written = graphs.source_calls(module, names)
+            note = f"left {', '.join(written)} as they are: {failure}"
+            if written and note not in left:
+                left.append(note)
+            continue
+        swapped, still = _swap_calls(module, graph, name, wanted, target, kwargs)
+        kept += still
+        if swapped:
+            graphs.install(module, graph)
+            for how, n in swapped.items():
+                calls[how] = calls.get(how, 0) + n
+            cls = graphs.class_name(module)
+            in_graphs[cls] = in_graphs.get(cls, 0) + 1
+    parts = []
+    if calls:
+        total = sum(calls.values())
+        written = ", ".join(f"{n} {how}" for how, n in calls.items())
+        parts.append(
+            f"swapped {written} call{'s' if total > 1 else ''} in "
+            f"{graphs.forwards(in_graphs)} -> {target!r} (traced with torch.fx)"
+        )
+    return [*parts, *left], kept
 
 
 def _swap_calls(
@@ -296,7 +326,10 @@ def _swap_calls(
         if isinstance(source, fx.Node) and _in_place(node):
             # `x.relu_()` changed x itself: code after it that reads x read the activation.
             after = _nodes_after(graph, node)
-            source.replace_all_uses_with(new, delete_user_cb=lambda user: user in after and user is not new)
+            source.replace_all_uses_with(
+                new,
+                delete_user_cb=lambda user, after=after, new=new: user in after and user is not new,
+            )
         how = _written(node)
         graph.erase_node(node)
         swapped[how] = swapped.get(how, 0) + 1

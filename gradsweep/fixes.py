@@ -8,6 +8,8 @@ model: see gradsweep.telemetry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import nn
 
@@ -20,6 +22,52 @@ from gradsweep.skips import add_residual
 UNCHANGED = {"keep", "none", "default"}
 
 
+def fix(
+    model: nn.Module,
+    sample: torch.Tensor,
+    *,
+    activation: str | None = None,
+    norm: str | None = None,
+    skip: str | None = None,
+    init: str | None = None,
+    negative_slope: float = 0.01,
+    num_groups: int = 8,
+    block_size: int = 2,
+    placement: str = "all",
+    count: int = 3,
+    modules: Sequence[str] | None = None,
+    activation_options: Mapping[str, object] | None = None,
+) -> list[str]:
+    """Apply the chosen fixes to `model` in place; return one account line per fix.
+
+        fix(model, x[:8], activation="gelu", init="kaiming")
+
+    `activation`: a registry name (gelu, relu, ...); `norm`: batch, layer or group;
+    `skip`: residual (blocks of `block_size`, or the submodules named in `modules`);
+    `init`: kaiming, xavier or auto. None (or keep/none/default) leaves that part as
+    it is. `sample` is a batch the model accepts, used to infer shortcut shapes.
+    `activation_options` go to the activation's constructor (default: the slope, for
+    leaky_relu).
+    """
+    account: list[str] = []
+    if activation not in (None, *UNCHANGED):
+        options = dict(activation_options or {})
+        if activation == "leaky_relu":
+            options.setdefault("negative_slope", negative_slope)
+        account.append(swap_activations(model, activation, **options))
+    if norm not in (None, *UNCHANGED):
+        account.append(insert_norms(model, norm, num_groups))
+    if skip not in (None, *UNCHANGED):
+        if skip != "residual":
+            raise ValueError(f"unknown skip {skip!r}; choose residual or none")
+        account.append(add_residual(model, sample, block_size, placement, count, modules))
+    if init not in (None, *UNCHANGED):
+        # Match the gain to the activation the model now has (its own, when kept).
+        matched = activation if activation not in (None, *UNCHANGED) else dominant_activation(model)
+        account.append(initialize(model, init, matched, negative_slope))
+    return account
+
+
 def apply_fixes(model: nn.Module, cfg, sample: torch.Tensor) -> list[str]:
     """Apply the config's activation, norm, skip and init choices to `model` in place.
 
@@ -27,19 +75,20 @@ def apply_fixes(model: nn.Module, cfg, sample: torch.Tensor) -> list[str]:
     the model accepts, used to infer shortcut shapes. Returns one account line per
     fix that changed something.
     """
-    account: list[str] = []
-    activation = cfg.activation.name
-    if activation not in UNCHANGED:
-        options = {k: v for k, v in cfg.activation.items() if k != "name"}
-        account.append(swap_activations(model, activation, **options))
-    if cfg.norm.name not in UNCHANGED:
-        account.append(insert_norms(model, cfg.norm.name, cfg.norm.get("num_groups", 8)))
-    if cfg.skip.name not in UNCHANGED:
-        skip = cfg.skip
-        account.append(add_residual(model, sample, skip.block_size, skip.placement, skip.count))
-    if cfg.init.name not in UNCHANGED:
-        # Match the gain to the activation the model now has (its own, with `keep`).
-        matched = activation if activation not in UNCHANGED else dominant_activation(model)
-        slope = cfg.activation.get("negative_slope", 0.01)
-        account.append(initialize(model, cfg.init.name, matched, slope))
-    return account
+    skip = cfg.skip
+    modules = skip.get("modules")
+    return fix(
+        model,
+        sample,
+        activation=cfg.activation.name,
+        norm=cfg.norm.name,
+        skip=skip.name,
+        init=cfg.init.name,
+        negative_slope=cfg.activation.get("negative_slope", 0.01),
+        num_groups=cfg.norm.get("num_groups", 8),
+        block_size=skip.get("block_size", 2),
+        placement=skip.get("placement", "all"),
+        count=skip.get("count", 3),
+        modules=list(modules) if modules is not None else None,
+        activation_options={k: v for k, v in cfg.activation.items() if k != "name"},
+    )

@@ -25,6 +25,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from gradsweep.layers import is_weight_layer
+
 # Modules whose forward is known and holds no activation call to swap: torch's own
 # (nn.Sequential, nn.Linear, ...) and gradsweep's (Residual, Shortcut).
 _KNOWN_PREFIXES = ("torch.", "gradsweep.")
@@ -69,9 +71,18 @@ def class_name(module: nn.Module) -> str:
     return getattr(type(module), "_gradsweep_base", type(module)).__name__
 
 
+def forwards(counts: dict[str, int]) -> str:
+    """Where edits were made, for an account: "DeepSigmoid.forward", "8 Fire forwards"."""
+    return ", ".join(
+        f"{cls}.forward" if n == 1 else f"{n} {cls} forwards" for cls, n in counts.items()
+    )
+
+
 def install(module: nn.Module, graph: fx.Graph) -> None:
     """Make `graph` the forward of this one `module` object (not of its class)."""
     graph.lint()
+    for node in graph.nodes:
+        node.type = None  # no annotations: the code is shown to people (`gradsweep show`)
     code = graph.python_code(root_module="self")
     base = getattr(type(module), "_gradsweep_base", type(module))
     filename = f"<gradsweep: traced {base.__qualname__}.forward>"
@@ -100,6 +111,22 @@ def fresh_name(module: nn.Module, base: str) -> str:
         name = f"{base.replace('.', '_')}_{index}"
         index += 1
     return name
+
+
+def holds_loose_layers(module: nn.Module) -> bool:
+    """Whether `module` holds weight layers that only its own forward can place.
+
+    That is, outside any nn.Sequential (whose order is known) and outside any child
+    with a forward of its own: attributes, ModuleList and ModuleDict entries.
+    """
+    pending = list(module.children())
+    while pending:
+        child = pending.pop()
+        if is_weight_layer(child):
+            return True
+        if not isinstance(child, nn.Sequential) and not is_editable(child):
+            pending.extend(child.children())
+    return False
 
 
 def called_module(root: nn.Module, node: fx.Node) -> nn.Module | None:

@@ -70,20 +70,27 @@ def insert_norms(model: nn.Module, name: str, num_groups: int = 8) -> str:
             set_children(container, rebuilt)
 
     notes: list[str] = []
+    in_graphs: dict[str, int] = {}  # class -> forwards edited
+    total = 0
     for _, module in graphs.editable_modules(model):
         try:
             graph = graphs.trace(module)
         except graphs.TraceFailure as failure:
-            if _holds_loose_layers(module):
-                notes.append(f"layers called in it got no norm: {failure}")
+            note = f"layers called in it got no norm: {failure}"
+            if graphs.holds_loose_layers(module) and note not in notes:
+                notes.append(note)
             continue
         added = _insert_in_graph(module, graph, name, num_groups)
         if added:
             graphs.install(module, graph)
             for kind, n in added.items():
                 inserted[kind] = inserted.get(kind, 0) + n
-            total = sum(added.values())
-            notes.append(f"{total} in {graphs.class_name(module)}.forward, traced with torch.fx")
+            total += sum(added.values())
+            cls = graphs.class_name(module)
+            in_graphs[cls] = in_graphs.get(cls, 0) + 1
+    if in_graphs:
+        where = graphs.forwards(in_graphs)
+        notes.insert(0, f"{total} of them in {where} (traced with torch.fx)")
     if not inserted:
         account = "norm: found no weight layer directly followed by an activation; nothing inserted"
     else:
@@ -111,15 +118,3 @@ def _insert_in_graph(module: nn.Module, graph: fx.Graph, name: str, num_groups: 
         node.replace_all_uses_with(new, delete_user_cb=lambda use, new=new: use is not new)
         added[type(norm).__name__] = added.get(type(norm).__name__, 0) + 1
     return added
-
-
-def _holds_loose_layers(module: nn.Module) -> bool:
-    """Whether `module` holds weight layers outside any nn.Sequential and other own forward."""
-    pending = list(module.children())
-    while pending:
-        child = pending.pop()
-        if is_weight_layer(child):
-            return True
-        if not isinstance(child, nn.Sequential) and not graphs.is_editable(child):
-            pending.extend(child.children())  # ModuleList, ModuleDict
-    return False

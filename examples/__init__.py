@@ -1,0 +1,1 @@
+"""Example models for `model=custom`: plain nn.Modules as users write them."""
