@@ -16,7 +16,7 @@ from torch import nn
 from gradsweep.activations import dominant_activation, swap_activations
 from gradsweep.initialization import initialize
 from gradsweep.norms import insert_norms
-from gradsweep.skips import add_residual
+from gradsweep.skips import ShapeMismatchError, add_residual
 
 # Options meaning "leave the model as it is" for each fix group.
 UNCHANGED = {"keep", "none", "default"}
@@ -75,8 +75,19 @@ def apply_fixes(model: nn.Module, cfg, sample: torch.Tensor) -> list[str]:
     the model accepts, used to infer shortcut shapes. Returns one account line per
     fix that changed something.
     """
+    from gradsweep.validate import ConfigError
+
     skip = cfg.skip
     modules = skip.get("modules")
+    try:
+        return _fix_from_config(model, cfg, sample, skip, modules)
+    except ShapeMismatchError:
+        raise
+    except ValueError as error:  # e.g. skip.modules naming no module: the user's to fix
+        raise ConfigError(str(error)) from error
+
+
+def _fix_from_config(model: nn.Module, cfg, sample: torch.Tensor, skip, modules) -> list[str]:
     return fix(
         model,
         sample,

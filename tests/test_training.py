@@ -117,6 +117,7 @@ def test_train_py_runs_from_the_command_line(tmp_path: Path) -> None:
         (["trainer.checkpoint_every=0"], "trainer.checkpoint_every=0 must be >= 1"),
         (["data.source=bundled", "data=cifar10"], "for cifar10 use data.source=full"),
         (["skip=residual", "skip.placement=middle"], "skip.placement='middle'"),
+        (["skip=residual", "skip.modules=[nothing]"], "has no submodule 'nothing'"),
     ],
 )
 def test_bad_input_fails_before_any_work_with_a_message_naming_the_fix(
