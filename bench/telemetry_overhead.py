@@ -129,6 +129,22 @@ class Variant:
             self.run.finish()
 
 
+def profile(xs: torch.Tensor, ys: torch.Tensor) -> None:
+    """torch.profiler over gradsweep steps: the telemetry's own ops, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with tempfile.TemporaryDirectory() as tmp:
+        variant = Variant("gradsweep", Path(tmp))
+        for i in range(10):
+            variant.step(xs[i], ys[i])
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(50):
+                with record_function("train_step"):
+                    variant.step(xs[i % 64], ys[i % 64])
+        variant.close()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -136,6 +152,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile 50 gradsweep steps with torch.profiler: where the overhead is",
     )
     parser.add_argument(
         "--variants",
@@ -164,6 +185,8 @@ def main() -> None:
         for variant in variants:
             variant.close()
 
+    if args.profile:
+        profile(xs, ys)
     base = statistics.median(variants[0].times)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
