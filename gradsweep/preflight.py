@@ -32,9 +32,8 @@ from gradsweep.training import _thresholds, build_model, stream_seed
 # A saturating unit counts as saturated where its local derivative is below this share of the
 # derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).
 SATURATED_BELOW = 0.1
-# Activations whose derivative collapses away from the origin, and those that are flat (zero or
-# nearly) for negative inputs: a unit of these is dead when no sample of the batch activates it.
-SATURATING_TYPES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Tanh)
+# The ReLU family: flat (zero, or nearly: leaky, GELU, SiLU) for negative inputs. A unit of
+# these is dead when no sample of the batch gives it a positive input.
 RELU_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.ReLU6,
