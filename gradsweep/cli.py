@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,14 +28,19 @@ def _show(args: argparse.Namespace) -> int:
     cfg = compose(args.overrides, args.config_dir)
     check_config(cfg)
     input_shape, num_classes = dataset_shape(cfg.data.name)
+    if os.getcwd() not in sys.path:
+        # model._target_ names the user's module as `python train.py` would find it.
+        sys.path.insert(0, os.getcwd())
     torch.manual_seed(stream_seed(cfg.seed, "init"))
     model = create_model(cfg.model, input_shape, num_classes)
     sample = torch.zeros(2, *input_shape)
-    for line in apply_fixes(model, cfg, sample):
-        logging.getLogger("gradsweep").info(line)
+    accounts = apply_fixes(model, cfg, sample)
     layers = weight_layers(model, sample)
     params = sum(p.numel() for p in model.parameters())
     print(model)
+    print("\nfixes applied (activation -> norm -> skip -> init):")
+    for line in accounts or ["none: the model as it is"]:
+        print(f"  {line}")
     print(f"\nparameters: {params:,}")
     print(f"weight layers (forward order), {len(layers)}: telemetry indexes layers this way")
     for index, name in enumerate(layers):
@@ -42,7 +48,25 @@ def _show(args: argparse.Namespace) -> int:
     logged = select_params(model, cfg.telemetry.params, layers)
     spec = cfg.telemetry.params
     print(f"gradient norms logged: {len(logged)} parameters (telemetry.params={spec})")
+    _print_rewritten_forwards(model, args.code)
     return 0
+
+
+def _print_rewritten_forwards(model, code: bool) -> None:
+    """Forwards the fixes rewrote (calls in forward live in code, not in the module tree)."""
+    rewritten = [
+        (name or "(model)", type(m)._gradsweep_source)
+        for name, m in model.named_modules()
+        if hasattr(type(m), "_gradsweep_source")
+    ]
+    if not rewritten:
+        return
+    names = ", ".join(name for name, _ in rewritten)
+    if not code:
+        print(f"forwards rewritten through torch.fx: {names} (--code prints them)")
+        return
+    for name, source in rewritten:
+        print(f"\nforward of {name}, as the fixes rewrote it:\n{source.strip()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="print the model after the fixes, before training")
     show.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
+    show.add_argument("--code", action="store_true", help="print each forward the fixes rewrote")
     show.set_defaults(run=_show)
+    from gradsweep.scan import add_scan_command  # light: torch is imported when a scan runs
+
+    add_scan_command(commands)
+    from gradsweep.sweep_commands import add_commands  # sweep, summarize, report
+
+    add_commands(commands)
     return parser
 
 
