@@ -11,6 +11,8 @@ Variants:
   bare        forward, backward, optimizer step: the floor
   gradsweep   + GradientMonitor: every parameter's grad norm, clipping=norm, clip hit
               stats, one host transfer, and one W&B log call per step (offline run)
+  gradsweep/10  the same, logging to W&B every 10th step (telemetry.log_every_n_steps=10)
+  no-wandb    the same telemetry and clipping every step, logger=none
   seed        + the seed's recipe: a Python loop of p.grad.norm(2).item() for every
               parameter, then torch.nn.utils.clip_grad_norm_
   lightning   + a Lightning-style grad_norm dict (one vector_norm per parameter, a
@@ -30,14 +32,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradsweep.models import mlp
 from gradsweep.monitor import GradientMonitor
 from gradsweep.telemetry import Clipping
-from gradsweep.tracking import start_tracking
+from gradsweep.tracking import WandbTracker
 
 
 def make_model() -> torch.nn.Module:
@@ -45,21 +46,22 @@ def make_model() -> torch.nn.Module:
     return mlp((1, 28, 28), 10, depth=20, width=256)
 
 
-def offline_tracker(run_dir: Path, name: str):
-    cfg = OmegaConf.create(
-        {
-            "name": "wandb",
-            "mode": "offline",
-            "project": "gradsweep-bench",
-            "entity": None,
-            "group": "telemetry_overhead",
-            "tags": [],
-            "run_name": name,
-            "notes": None,
-            "init_timeout": 5,
-        }
+def offline_tracker(run_dir: Path, name: str) -> WandbTracker:
+    """gradsweep's own W&B tracker on an offline run. Built directly, not through
+    start_tracking, so several runs stay open side by side (reinit="create_new")."""
+    import wandb
+
+    (run_dir / name).mkdir(parents=True)
+    run = wandb.init(
+        mode="offline",
+        dir=run_dir / name,
+        project="gradsweep-bench",
+        group="telemetry_overhead",
+        name=name,
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, console="off"),
     )
-    return start_tracking(cfg, {"bench": name}, run_dir / name)
+    return WandbTracker(run, "offline")
 
 
 class Variant:
@@ -74,11 +76,17 @@ class Variant:
         self.monitor = None
         self.step_index = 0
         sample = torch.zeros(2, 1, 28, 28)
-        if name == "gradsweep":
-            self.tracker = offline_tracker(run_dir, name)
+        if name in ("gradsweep", "gradsweep/10"):
+            self.tracker = offline_tracker(run_dir, name.replace("/", "_"))
             self.monitor = GradientMonitor(
-                self.model, sample, Clipping("norm", max_norm=1.0), tracker=self.tracker
+                self.model,
+                sample,
+                Clipping("norm", max_norm=1.0),
+                log_every_n_steps=10 if name == "gradsweep/10" else 1,
+                tracker=self.tracker,
             )
+        elif name == "no-wandb":
+            self.monitor = GradientMonitor(self.model, sample, Clipping("norm", max_norm=1.0))
         elif name == "wandb.watch":
             import wandb
 
@@ -88,7 +96,6 @@ class Variant:
                 mode="offline",
                 dir=run_dir / name,
                 project="gradsweep-bench",
-                reinit="create_new",
                 settings=wandb.Settings(silent=True, console="off"),
             )
             self.run.watch(self.model, log="gradients", log_freq=1)
@@ -100,7 +107,7 @@ class Variant:
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.name == "gradsweep":
+        if self.monitor is not None:
             self.monitor.step(loss, (logits.argmax(1) == y).float().mean())
         elif self.name == "seed":
             norms = {f"grad_norm/{n}": p.grad.norm(2).item() for n, p in self.named}
@@ -160,7 +167,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default="bare,gradsweep,seed,lightning,wandb.watch",
+        default="bare,gradsweep,gradsweep/10,no-wandb,seed,lightning,wandb.watch",
         help="comma-separated subset",
     )
     args = parser.parse_args()
@@ -172,7 +179,11 @@ def main() -> None:
     xs = torch.randn(64, 128, 1, 28, 28, generator=generator)
     ys = torch.randint(0, 10, (64, 128), generator=generator)
     with tempfile.TemporaryDirectory() as tmp:
-        variants = [Variant(name, Path(tmp)) for name in args.variants.split(",")]
+        names = args.variants.split(",")
+        # wandb.watch logs through the global wandb.run: its run is made first, as the
+        # global one; the others are opened beside it (reinit="create_new").
+        made = {name: Variant(name, Path(tmp)) for name in sorted(names, key="wandb.watch".__ne__)}
+        variants = [made[name] for name in names]
         for variant in variants:  # warm-up, untimed
             for i in range(args.warmup):
                 variant.step(xs[i % 64], ys[i % 64])

@@ -29,3 +29,11 @@ def compose(overrides: Sequence[str] = (), conf_dir: str | Path | None = None) -
 
     with initialize_config_dir(config_dir=str(find_conf_dir(conf_dir)), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def is_custom(cfg_model) -> bool:
+    """Whether a model config names the user's own class (`model=custom`).
+
+    `keys()`, not `in`: omegaconf's `in` is False for a `???` value not yet given.
+    """
+    return "_target_" in cfg_model.keys()  # noqa: SIM118

@@ -11,6 +11,8 @@ import math
 
 from torch import nn
 
+from gradsweep.config import is_custom
+
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, depth: int, width: int) -> nn.Sequential:
     """Flatten -> depth x (Linear(width) -> Sigmoid) -> Linear(num_classes)."""
@@ -47,14 +49,6 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, depth: int, width: int) 
 
 # Name -> builder(input_shape, num_classes, depth, width). A new built-in model goes here.
 MODELS = {"mlp": mlp, "cnn": cnn}
-
-
-def is_custom(cfg_model) -> bool:
-    """Whether a model config names the user's own class (`model=custom`).
-
-    `keys()`, not `in`: omegaconf's `in` is False for a `???` value not yet given.
-    """
-    return "_target_" in cfg_model.keys()  # noqa: SIM118
 
 
 def create_model(cfg_model, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -27,7 +27,7 @@ from torch import nn
 from gradsweep.activations import is_activation
 from gradsweep.data import Batches, Data
 from gradsweep.monitor import GradientMonitor
-from gradsweep.training import _thresholds, build_model, stream_seed
+from gradsweep.training import build_model, stream_seed, thresholds_from_config
 
 # A saturating unit counts as saturated where its local derivative is below this share of the
 # derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).
@@ -187,7 +187,7 @@ def measure_seed(cfg: DictConfig, data: Data, seed: int, steps: int) -> SeedResu
         data.train_x[:2],
         params=cfg.telemetry.params,
         window=steps,
-        thresholds=_thresholds(cfg.telemetry),
+        thresholds=thresholds_from_config(cfg.telemetry),
     )
     generator = torch.Generator(device=device).manual_seed(stream_seed(seed, "data"))
     stream = iter(Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment))

@@ -16,19 +16,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.models import is_custom
+from gradsweep.config import is_custom
 
-GROUPS = (
-    "data",
-    "model",
-    "activation",
-    "init",
-    "norm",
-    "skip",
-    "clipping",
-    "optimizer",
-    "logger",
-)
+# The groups whose choice each run records under the group's own name.
+CHOICE_GROUPS = ("data", "model", "activation", "init", "norm", "skip", "clipping", "optimizer")
+GROUPS = (*CHOICE_GROUPS, "logger")
 
 
 def group_choice(cfg: DictConfig, group: str) -> str:

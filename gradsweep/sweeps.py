@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from gradsweep.summary import write_json_atomic
 from gradsweep.sweep_definition import (
     SweepDefinition,
     SweepError,
@@ -76,7 +76,7 @@ class RunRecord:
         return params_key(self.params)
 
     def save(self) -> None:
-        _write_json_atomic(
+        write_json_atomic(
             self.folder / RECORD,
             {
                 "params": self.params,
@@ -568,20 +568,3 @@ def _tail(path: Path, lines: int) -> list[str]:
         return path.read_text(errors="replace").splitlines()[-lines:]
     except FileNotFoundError:
         return []
-
-
-def _write_json_atomic(path: Path, values: dict[str, Any]) -> None:
-    """Write JSON via a temp file and a rename: a reader never sees half a record.
-
-    Not gradsweep.summary's writer: importing that module imports torch (seconds), which the
-    runner itself never needs.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(values, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -38,23 +38,11 @@ from gradsweep.models import create_model
 from gradsweep.monitor import GradientMonitor
 from gradsweep.optimizers import create_optimizer
 from gradsweep.signals import StopRequest
-from gradsweep.summary import flat_config, group_choice, write_json_atomic
+from gradsweep.summary import CHOICE_GROUPS, flat_config, group_choice, write_json_atomic
 from gradsweep.telemetry import Clipping
 from gradsweep.validate import ConfigError, check_config
 
 log = logging.getLogger(__name__)
-
-# The groups whose choice each run records under the group's own name.
-FIX_AND_SETUP_GROUPS = (
-    "data",
-    "model",
-    "activation",
-    "init",
-    "norm",
-    "skip",
-    "clipping",
-    "optimizer",
-)
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -121,7 +109,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
     batches = Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment)
     max_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.steps_per_epoch
-    thresholds = _thresholds(cfg.telemetry)
+    thresholds = thresholds_from_config(cfg.telemetry)
     monitor = GradientMonitor(
         model,
         data.train_x[:2],
@@ -279,7 +267,7 @@ def build_model(cfg: DictConfig, data: Data, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
-def _thresholds(cfg_telemetry: DictConfig) -> Thresholds:
+def thresholds_from_config(cfg_telemetry: DictConfig) -> Thresholds:
     return Thresholds(
         vanishing_orders=cfg_telemetry.vanishing_orders,
         exploding_orders=cfg_telemetry.exploding_orders,
@@ -313,7 +301,7 @@ def _summarize(
         thresholds=thresholds,
     )
     summary: dict[str, object] = {
-        **{group: group_choice(cfg, group) for group in FIX_AND_SETUP_GROUPS},
+        **{group: group_choice(cfg, group) for group in CHOICE_GROUPS},
         "seed": cfg.seed,
         "data.source": data.source,
         "steps": steps,

@@ -12,7 +12,7 @@ from numbers import Real
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.activations import ACTIVATIONS
-from gradsweep.models import is_custom
+from gradsweep.config import is_custom
 from gradsweep.skips import PLACEMENTS
 
 log = logging.getLogger(__name__)
