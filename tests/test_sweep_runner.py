@@ -166,3 +166,19 @@ def test_offline_sweep_end_to_end_then_nothing_repeats(tmp_path) -> None:
     _, from_wandb = summarize(only_wandb)
     assert sorted(row.choices["activation"] for row in from_wandb.rows) == ["relu", "sigmoid"]
     assert {row.verdict for row in from_wandb.rows} == {row["diagnosis/verdict"] for row in rows}
+
+
+def test_a_run_driven_to_nan_is_recorded_and_the_sweep_goes_on(tmp_path) -> None:
+    path = write_definition(
+        tmp_path,
+        activation={"value": "relu"},
+        init={"value": "kaiming"},
+        **{"optimizer.lr": {"values": [1e8, 0.01]}},
+    )
+    outcome = run_sweep(load_definition(path), tmp_path / "sweep", workers=1)
+    assert (outcome.finished, outcome.failed) == (1, 1)
+    records = {r.params["optimizer.lr"]: r for r in load_records(tmp_path / "sweep")}
+    assert records[1e8].exit_code == 3  # gradsweep.errors.EXIT_NON_FINITE
+    assert records[0.01].state == FINISHED  # the next run ran
+    summary = json.loads((records[1e8].folder / "summary.json").read_text())
+    assert summary["diagnosis/verdict"] == "non_finite"
