@@ -28,16 +28,17 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, depth: int, width: int) 
 def cnn(input_shape: tuple[int, ...], num_classes: int, depth: int, width: int) -> nn.Sequential:
     """depth x (3x3 conv -> Sigmoid), global average pool, Linear(num_classes).
 
-    Two stride-2 convs, a third and two thirds of the way down, halve the feature
-    map and double the channels, so 1x28x28 and 3x32x32 inputs both end small.
+    The first conv has stride 2 and so does the one halfway down, where the channels
+    double: 1x28x28 becomes 14x14 then 7x7, 3x32x32 becomes 16x16 then 8x8. The strided
+    stem keeps a step of the default (depth 8, width 16) well under 100 ms on a 2-core CPU.
     """
-    downsample_at = {depth // 3, (2 * depth) // 3} - {0}
+    downsample_at = {0, depth // 2}
     layers: list[nn.Module] = []
     channels_in, channels = input_shape[0], width
     for index in range(depth):
-        stride = 1
-        if index in downsample_at:
-            stride, channels = 2, channels * 2
+        stride = 2 if index in downsample_at else 1
+        if index in downsample_at and index > 0:
+            channels *= 2
         layers += [
             nn.Conv2d(channels_in, channels, kernel_size=3, stride=stride, padding=1),
             nn.Sigmoid(),
