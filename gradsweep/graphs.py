@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gradsweep.layers import is_weight_layer
+from gradsweep.layers import is_weight_layer, probe_forward
 
 # Modules whose forward is known and holds no activation call to swap: torch's own
 # (nn.Sequential, nn.Linear, ...) and gradsweep's (Residual, Shortcut).
@@ -146,15 +146,7 @@ def module_inputs(
         seen.setdefault(module, (args, kwargs))
 
     handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in modules]
-    was_training = model.training
-    try:
-        model.eval()  # the probe must not move BatchNorm's running statistics
-        with torch.no_grad():
-            model(sample)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_forward(model, sample, handles)
     return seen
 
 

@@ -47,10 +47,18 @@ def weight_layers(model: nn.Module, sample: torch.Tensor) -> list[str]:
         if name not in order:
             order.append(name)
 
-    handles = [module.register_forward_hook(record) for module in names]
+    probe_forward(model, sample, [module.register_forward_hook(record) for module in names])
+    return order
+
+
+def probe_forward(model: nn.Module, sample: torch.Tensor, handles: list) -> None:
+    """One forward of `sample` for the given hooks to watch, then the hooks removed.
+
+    In eval mode and without grad, so the probe moves no BatchNorm running statistics;
+    the model's training mode is restored after.
+    """
     was_training = model.training
     try:
-        # eval(): the probe must not move BatchNorm's running statistics.
         model.eval()
         with torch.no_grad():
             model(sample)
@@ -58,7 +66,6 @@ def weight_layers(model: nn.Module, sample: torch.Tensor) -> list[str]:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return order
 
 
 def set_children(stack: nn.Sequential, children: list[nn.Module]) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from gradsweep import graphs
 from gradsweep.activations import describe, is_activation, node_kind
-from gradsweep.layers import is_weight_layer, set_children
+from gradsweep.layers import is_weight_layer, probe_forward, set_children
 
 PLACEMENTS = ("all", "nearest_input", "nearest_output")
 
@@ -410,15 +410,8 @@ def _shapes(x: torch.Tensor, y: torch.Tensor) -> str:
 def _module_io(model: nn.Module, sample: torch.Tensor, target: nn.Module):
     """The tensor entering `target` and the one leaving it, at its first call on `sample`."""
     seen: list[tuple[object, object]] = []
-    handle = target.register_forward_hook(lambda _m, args, out: seen.append((args, out)))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(sample)
-    finally:
-        model.train(was_training)
-        handle.remove()
+    hook = target.register_forward_hook(lambda _m, args, out: seen.append((args, out)))
+    probe_forward(model, sample, [hook])
     if not seen:
         raise ValueError(f"{type(target).__name__} is not called when the model runs")
     args, out = seen[0]
