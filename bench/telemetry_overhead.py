@@ -1,29 +1,36 @@
 """What per-step gradient telemetry costs, as ratios against the bare training step.
 
-    python bench/telemetry_overhead.py [--rounds 15] [--steps 20] [--threads N]
+    python bench/telemetry_overhead.py [--rounds 40] [--steps 5] [--threads N] [--profile]
 
 The default 20-layer sigmoid MLP (784-256x20-10), batch 128, SGD, on the CPU. Every
-variant trains its own copy of the same model; rounds interleave the variants
-(A B C ... A B C ...) so machine noise hits them alike. Reported: the median step
-time of each variant and its ratio to the bare loop measured in the same run.
+variant trains its own copy of the same model. Each round runs every variant for
+`--steps` steps, in a new random order each round, so machine noise and any variant's
+leftover background work hit them all alike. Reported per variant: the median step time,
+and its ratio to the bare loop as the median over rounds of (the variant's median step
+in the round) / (the bare loop's median step in the same round), with the quartiles of
+those per-round ratios.
 
 Variants:
-  bare        forward, backward, optimizer step: the floor
-  gradsweep   + GradientMonitor: every parameter's grad norm, clipping=norm, clip hit
-              stats, one host transfer, and one W&B log call per step (offline run)
-  gradsweep/10  the same, logging to W&B every 10th step (telemetry.log_every_n_steps=10)
-  no-wandb    the same telemetry and clipping every step, logger=none
-  seed        + the seed's recipe: a Python loop of p.grad.norm(2).item() for every
-              parameter, then torch.nn.utils.clip_grad_norm_
-  lightning   + a Lightning-style grad_norm dict (one vector_norm per parameter, a
-              total), logged as floats with clip_grad_norm_
-  wandb.watch + wandb.watch(model, log="gradients", log_freq=1) and one log per step
+  bare          forward, backward, optimizer step: the floor
+  gradsweep     + GradientMonitor: every parameter's grad norm, clipping=norm, clip hit
+                stats, one host transfer, and one W&B row per step, through gradsweep's
+                W&B writer process (an offline run, the default logger.niceness)
+  gradsweep/10  the same, a W&B row every 10th step (telemetry.log_every_n_steps=10)
+  no-wandb      the same telemetry and clipping every step, logger=none
+  wandb.log     the same telemetry and clipping, and wandb's own `run.log` called on the
+                training thread: what the writer process saves
+  seed          + the seed's recipe: a Python loop of p.grad.norm(2).item() for every
+                parameter, then torch.nn.utils.clip_grad_norm_
+  lightning     + a Lightning-style grad_norm dict (one vector_norm per parameter, a
+                total), logged as floats with clip_grad_norm_
+  wandb.watch   + wandb.watch(model, log="gradients", log_freq=1) and one log per step
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -38,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gradsweep.models import mlp
 from gradsweep.monitor import GradientMonitor
 from gradsweep.telemetry import Clipping
-from gradsweep.tracking import WandbTracker
+from gradsweep.tracking import start_tracking
+
+LOGGER_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "logger" / "wandb.yaml"
 
 
 def make_model() -> torch.nn.Module:
@@ -46,51 +55,63 @@ def make_model() -> torch.nn.Module:
     return mlp((1, 28, 28), 10, depth=20, width=256)
 
 
-def offline_tracker(run_dir: Path, name: str) -> WandbTracker:
-    """gradsweep's own W&B tracker on an offline run. Built directly, not through
-    start_tracking, so several runs stay open side by side (reinit="create_new")."""
+def offline_tracker(run_dir: Path, name: str, niceness: int):
+    """gradsweep's own W&B tracker: an offline run kept by a W&B writer process."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(LOGGER_CONFIG)
+    cfg.mode, cfg.project, cfg.run_name, cfg.niceness = "offline", "gradsweep-bench", name, niceness
+    tracker = start_tracking(cfg, {"bench": name}, run_dir / name)
+    assert tracker.mode == "offline"
+    return tracker
+
+
+def in_process_run(run_dir: Path, name: str):
+    """A wandb run in this process, as a user's own script would open it."""
     import wandb
 
-    (run_dir / name).mkdir(parents=True)
-    run = wandb.init(
+    (run_dir / name).mkdir()
+    return wandb.init(
         mode="offline",
         dir=run_dir / name,
         project="gradsweep-bench",
-        group="telemetry_overhead",
         name=name,
+        # Beside the other in-process run (wandb.watch's) rather than in place of it.
         reinit="create_new",
         settings=wandb.Settings(silent=True, console="off"),
     )
-    return WandbTracker(run, "offline")
 
 
 class Variant:
     """One training loop; `step(x, y)` runs one timed step."""
 
-    def __init__(self, name: str, run_dir: Path) -> None:
+    def __init__(self, name: str, run_dir: Path, niceness: int) -> None:
         self.name = name
         self.model = make_model()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.times: list[float] = []
+        self.rounds: list[float] = []  # the median step of each round
         self.tracker = None
         self.monitor = None
         self.step_index = 0
         sample = torch.zeros(2, 1, 28, 28)
+        clipping = Clipping("norm", max_norm=1.0)
         if name in ("gradsweep", "gradsweep/10"):
-            self.tracker = offline_tracker(run_dir, name.replace("/", "_"))
+            self.tracker = offline_tracker(run_dir, name.replace("/", "_"), niceness)
+            every = 10 if name == "gradsweep/10" else 1
             self.monitor = GradientMonitor(
-                self.model,
-                sample,
-                Clipping("norm", max_norm=1.0),
-                log_every_n_steps=10 if name == "gradsweep/10" else 1,
-                tracker=self.tracker,
+                self.model, sample, clipping, log_every_n_steps=every, tracker=self.tracker
             )
+        elif name == "wandb.log":
+            # A wandb Run has the log(metrics, step=) a GradientMonitor tracker needs.
+            self.tracker = in_process_run(run_dir, "wandb.log")
+            self.monitor = GradientMonitor(self.model, sample, clipping, tracker=self.tracker)
         elif name == "no-wandb":
-            self.monitor = GradientMonitor(self.model, sample, Clipping("norm", max_norm=1.0))
+            self.monitor = GradientMonitor(self.model, sample, clipping)
         elif name == "wandb.watch":
             import wandb
 
-            # Its own run beside gradsweep's: create_new keeps the other run open.
+            # The global run (wandb.watch logs through it), made before the other in-process one.
             (run_dir / name).mkdir()
             self.run = wandb.init(
                 mode="offline",
@@ -129,6 +150,9 @@ class Variant:
         self.times.append(time.perf_counter() - start)
         self.step_index += 1
 
+    def close_round(self, steps: int) -> None:
+        self.rounds.append(statistics.median(self.times[-steps:]))
+
     def close(self) -> None:
         if self.tracker is not None:
             self.tracker.finish()
@@ -136,12 +160,12 @@ class Variant:
             self.run.finish()
 
 
-def profile(xs: torch.Tensor, ys: torch.Tensor) -> None:
+def profile(xs: torch.Tensor, ys: torch.Tensor, niceness: int) -> None:
     """torch.profiler over gradsweep steps: the telemetry's own ops, by self CPU time."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     with tempfile.TemporaryDirectory() as tmp:
-        variant = Variant("gradsweep", Path(tmp))
+        variant = Variant("gradsweep", Path(tmp), niceness)
         for i in range(10):
             variant.step(xs[i], ys[i])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -152,13 +176,26 @@ def profile(xs: torch.Tensor, ys: torch.Tensor) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return q1, q2, q3
+
+
 def main() -> None:
+    from omegaconf import OmegaConf
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--niceness",
+        type=int,
+        default=OmegaConf.load(LOGGER_CONFIG).niceness,
+        help="logger.niceness of gradsweep's W&B writer (default: conf/logger/wandb.yaml's)",
     )
     parser.add_argument(
         "--profile",
@@ -167,8 +204,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default="bare,gradsweep,gradsweep/10,no-wandb,seed,lightning,wandb.watch",
-        help="comma-separated subset",
+        default="bare,gradsweep,gradsweep/10,no-wandb,wandb.log,seed,lightning,wandb.watch",
+        help="comma-separated subset; the first is the baseline",
     )
     args = parser.parse_args()
     if args.threads:
@@ -178,36 +215,44 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     xs = torch.randn(64, 128, 1, 28, 28, generator=generator)
     ys = torch.randint(0, 10, (64, 128), generator=generator)
+    order = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         names = args.variants.split(",")
         # wandb.watch logs through the global wandb.run: its run is made first, as the
-        # global one; the others are opened beside it (reinit="create_new").
-        made = {name: Variant(name, Path(tmp)) for name in sorted(names, key="wandb.watch".__ne__)}
+        # global one; the other in-process run is opened beside it (reinit="create_new").
+        made = {
+            name: Variant(name, Path(tmp), args.niceness)
+            for name in sorted(names, key="wandb.watch".__ne__)
+        }
         variants = [made[name] for name in names]
         for variant in variants:  # warm-up, untimed
             for i in range(args.warmup):
                 variant.step(xs[i % 64], ys[i % 64])
             variant.times.clear()
         for round_index in range(args.rounds):
-            for variant in variants:
+            for variant in order.sample(variants, len(variants)):
                 for i in range(args.steps):
                     j = (round_index * args.steps + i) % 64
                     variant.step(xs[j], ys[j])
+                variant.close_round(args.steps)
         for variant in variants:
             variant.close()
 
     if args.profile:
-        profile(xs, ys)
-    base = statistics.median(variants[0].times)
+        profile(xs, ys, args.niceness)
+    base = variants[0]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{args.rounds} rounds x {args.steps} steps per variant, interleaved"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, W&B writer niceness "
+        f"{args.niceness}; {args.rounds} rounds x {args.steps} steps per variant, "
+        "in a random order each round"
     )
-    print(f"| variant | median step (ms) | ratio to {variants[0].name} |")
-    print("| --- | --- | --- |")
+    print(f"| variant | median step (ms) | ratio to {base.name} | quartiles of the ratio |")
+    print("| --- | ---: | ---: | ---: |")
     for variant in variants:
+        ratios = [mine / theirs for mine, theirs in zip(variant.rounds, base.rounds, strict=True)]
+        q1, q2, q3 = quartiles(ratios)
         median = statistics.median(variant.times)
-        print(f"| {variant.name} | {median * 1e3:.2f} | {median / base:.3f} |")
+        print(f"| {variant.name} | {median * 1e3:.2f} | {q2:.3f} | {q1:.3f}-{q3:.3f} |")
 
 
 if __name__ == "__main__":

@@ -241,11 +241,9 @@ def log_to_wandb(result: ScanResult, rows: list[dict[str, Any]], picture: Path, 
     tracker = start_tracking(result.base.logger, config, out)
     if tracker.mode not in ("online", "offline"):
         return tracker.mode
-    import wandb
-
     columns = [*_choice_keys(rows), *SCALARS, "verdict_share", "overrides"]
-    table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
-    tracker.log({"scan/table": table}, step=0)
+    table = [[row.get(c) for c in columns] for row in rows]
+    tracker.log_table("scan/table", columns, table, step=0)
     tracker.log_images({"scan/heatmap": picture}, step=0)
     summary: dict[str, object] = {f"scan/{v}": n for v, n in verdict_counts(result).items()}
     summary["scan/seconds"] = result.seconds["total"]

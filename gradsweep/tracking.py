@@ -1,13 +1,17 @@
 """The run's link to Weights & Biases.
 
 `start_tracking` turns the `logger` config node into a `Tracker`: a W&B run (online or
-offline, its files under `<run_dir>/wandb/`) or a `NullTracker` that makes no W&B call. The
-training loop calls `Tracker.log` once per step; a W&B tracker only queues the row there and
-one background thread makes every `run.*` call in order, so wandb's serialization (about a
-millisecond of Python a row) overlaps the step's tensor work, which releases the GIL.
+offline, its files under `<run_dir>/wandb/`) or a `NullTracker` that makes no W&B call.
+
+The wandb run lives in a child process, the W&B writer (`gradsweep.wandb_writer`); this
+process never imports wandb. `Tracker.log` pickles the row onto a socket (tens of
+microseconds) and the writer makes every `run.*` call in the order sent, at a raised
+niceness, so wandb's millisecond of work per row neither holds this process's GIL nor takes
+CPU time the training threads need. `prestart` launches the writer early, so that its import
+of wandb overlaps the caller's import of torch.
 
 `logger.mode=auto` goes online only when wandb finds credentials and the server answers a TCP
-probe within `PROBE_TIMEOUT_S`; the online `wandb.init` itself is bounded by
+probe within `wandb_writer.PROBE_TIMEOUT_S`; the online `wandb.init` itself is bounded by
 `logger.init_timeout`. Anything else falls back to an offline run, said in one log line, so a
 laptop with no key or no network never crashes nor waits wandb's default ~100 s.
 """
@@ -16,33 +20,26 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import secrets
-import shutil
 import socket
 import string
-import threading
-import urllib.request
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Mapping
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
-# Seconds a TCP connection to the W&B server may take before auto mode gives up on it. DNS
-# failures and refused connections answer at once; this bounds a silent network.
-PROBE_TIMEOUT_S = 2.0
-# Aggregates W&B keeps in the run summary (wandb 0.31 accepts min, max, mean, first, last and
-# none, comma-separated; there is no "best"). Keeping "last" beside max/min keeps the final
-# value too, which summary.json also reports.
-METRIC_SUMMARIES = {"val/acc": "max,last", "val/loss": "min,last", "clip/hit_rate": "last"}
 # WANDB_MODE values that auto mode honours: the user said where the run should go.
 _ENV_MODES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"}
-NO_KEY = "no API key configured"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+# Bytes of rows the socket holds before `log` waits for the writer: ~1,000 rows of a 20-layer
+# MLP, so a writer that falls behind for a while (a busy machine) does not stall training.
+_SEND_BUFFER = 4 << 20
 
 
 class Tracker(Protocol):
@@ -51,11 +48,13 @@ class Tracker(Protocol):
     mode: str  # "online", "offline", "disabled" or "none"
     run_id: str | None
 
-    def define_metrics(self) -> None: ...
-
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
     def log_images(self, images: dict[str, Path], step: int | None = None) -> None: ...
+
+    def log_table(
+        self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None
+    ) -> None: ...
 
     def update_summary(self, values: dict[str, object]) -> None: ...
 
@@ -75,13 +74,15 @@ class NullTracker:
         self.mode = mode
         self.run_id: str | None = None
 
-    def define_metrics(self) -> None:
-        pass
-
     def log(self, metrics: dict[str, float], step: int) -> None:
         pass
 
     def log_images(self, images: dict[str, Path], step: int | None = None) -> None:
+        pass
+
+    def log_table(
+        self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None
+    ) -> None:
         pass
 
     def update_summary(self, values: dict[str, object]) -> None:
@@ -100,71 +101,114 @@ class NullTracker:
         pass
 
 
-class _OrderedWorker:
-    """Runs submitted calls one after another on a background thread.
+class WriterProcess:
+    """A running `python -m gradsweep.wandb_writer` and the socket to it."""
 
-    One consumer of a FIFO queue: calls run in the order they were submitted, so no row is
-    reordered; `close()` waits for every call, so none is lost. An exception in a call stops
-    the worker and is raised again by the next `submit` or by `close`.
-    """
+    def __init__(self, niceness: int = 0) -> None:
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+        # The package's own folder first on the path: the writer imports the same gradsweep.
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gradsweep.wandb_writer", str(theirs.fileno()), str(niceness)],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        theirs.close()
+        self.niceness = niceness
+        self._conn = Connection(ours.detach())
 
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="gradsweep-wandb", daemon=True)
-        self._thread.start()
+    def send(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except OSError as error:  # BrokenPipeError, ConnectionResetError
+            raise self.died() from error
 
-    def submit(self, call: Any, *args: Any, **kwargs: Any) -> None:
-        if self._error is not None:
-            raise RuntimeError("W&B logging failed") from self._error
-        self._calls.put((call, args, kwargs))
+    def receive(self) -> tuple:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError) as error:
+            raise self.died() from error
 
-    def _loop(self) -> None:
-        while (item := self._calls.get()) is not None:
-            call, args, kwargs = item
-            try:
-                call(*args, **kwargs)
-            except BaseException as error:  # surfaced on the training thread
-                self._error = error
-                return
+    def has_message(self) -> bool:
+        return self._conn.poll()
 
-    def drain(self) -> None:
-        """Wait until every call submitted so far has run."""
-        done = threading.Event()
-        self.submit(done.set)
-        done.wait()
+    def died(self) -> RuntimeError:
+        return RuntimeError(
+            f"the W&B writer process exited with code {self.process.wait()}; "
+            "its error, if any, is printed above"
+        )
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._calls.put(None)
-            self._thread.join()
-        if self._error is not None:
-            raise RuntimeError("W&B logging failed") from self._error
+        """Hang up and wait for the writer to exit (it finishes its run first)."""
+        self._conn.close()
+        self.process.wait()
+
+
+# A writer started by `prestart`, waiting for the next `start_tracking` to take it.
+_prestarted: WriterProcess | None = None
+
+
+def prestart(cfg_logger: Mapping[str, Any]) -> None:
+    """Start the W&B writer process now, if `cfg_logger` will want one, so that its import of
+    wandb (~1 s) overlaps whatever the caller imports and loads next. The next
+    `start_tracking` uses it."""
+    global _prestarted
+    try:
+        mode, _ = requested_mode(cfg_logger)
+    except ValueError:  # reported by the config check, with the fix
+        return
+    if _prestarted is None and mode not in ("none", "disabled"):
+        _prestarted = WriterProcess(_niceness(cfg_logger))
+
+
+def _niceness(cfg_logger: Mapping[str, Any]) -> int:
+    niceness = cfg_logger.get("niceness") or 0
+    return niceness if isinstance(niceness, int) and 0 <= niceness <= 19 else 0
+
+
+def _take_writer(niceness: int) -> WriterProcess:
+    global _prestarted
+    writer, _prestarted = _prestarted, None
+    if writer is not None and writer.niceness == niceness and writer.process.poll() is None:
+        return writer
+    if writer is not None:
+        writer.close()
+    return WriterProcess(niceness)
 
 
 class WandbTracker:
-    """A live wandb run, online or offline, fed through one background thread."""
+    """A wandb run, online or offline, kept by a W&B writer process.
+
+    Calls are sent in order and return at once; `flush` and `finish` wait for the writer.
+    `mode` waits until the writer has started the run. A failure in the writer is raised
+    by the next call here.
+    """
 
     # Rows kept for `recent_rows`: a killed process can take the rows still in wandb's own
     # buffers with it, and a resumed run logs these again (equal values) to cover them.
     RECENT_ROWS = 256
 
-    def __init__(self, run: Any, mode: str) -> None:
-        self.mode = mode
-        self.run_id: str | None = run.id
-        self._run = run
-        self._worker = _OrderedWorker()
+    def __init__(self, writer: WriterProcess, run_id: str) -> None:
+        self.run_id: str | None = run_id
+        self._writer = writer
+        self._mode: str | None = None
         self._finished = False
         self._recent: deque[tuple[dict[str, float], int]] = deque(maxlen=self.RECENT_ROWS)
 
-    def define_metrics(self) -> None:
-        for name, summary in METRIC_SUMMARIES.items():
-            self._worker.submit(self._run.define_metric, name, summary=summary)
+    @property
+    def mode(self) -> str:
+        """ "online" or "offline", once the writer has started the run (this waits for it)."""
+        while self._mode is None:
+            self._handle(self._writer.receive())
+        return self._mode
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        # One row per step, queued as it is: the caller must not change `metrics` after.
-        # A later call with the same step merges into the row; a smaller one is dropped.
-        self._worker.submit(self._run.log, metrics, step=step)
+        # One row per step. A later call with the same step merges into the row; a smaller
+        # one is dropped.
+        self._send(("log", metrics, step))
         self._recent.append((metrics, step))
 
     def recent_rows(self) -> list[tuple[dict[str, float], int]]:
@@ -180,34 +224,82 @@ class WandbTracker:
 
     def log_images(self, images: dict[str, Path], step: int | None = None) -> None:
         """Log PNG files as wandb.Image (copied into the run); step None: the current row."""
-        import wandb  # already imported by start_tracking; free here
+        self._send(("images", {key: str(path) for key, path in images.items()}, step))
 
-        images = {key: wandb.Image(str(path)) for key, path in images.items()}
-        self._worker.submit(self._run.log, images, step=step)
+    def log_table(
+        self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None
+    ) -> None:
+        """Log rows of plain values as a wandb.Table under `key`."""
+        self._send(("table", key, columns, rows, step))
 
     def update_summary(self, values: dict[str, object]) -> None:
-        # wandb 0.31 fails on a non-str key in a nested dict (TypeError in its encoder), as in
-        # {"telemetry/layers": {0: "fc1"}}; JSON would make them strings anyway.
-        self._worker.submit(self._run.summary.update, _str_keys(values))
+        self._send(("summary", values))
 
     def flush(self) -> None:
         """Wait until wandb has every row logged so far (before a checkpoint is written)."""
         if not self._finished:
-            self._worker.drain()
+            self._send(("flush",))
+            self._wait_for("flushed")
 
     def finish(self, exit_code: int = 0) -> None:
-        """Drain the queued calls, then end the run; a non-zero exit code marks it failed.
-
-        wandb's service writes the run's last records (summary, exit) to the `.wandb` file a
-        few ms after this returns; `wandb.teardown()` or the end of the process waits for them.
-        """
+        """End the run once the writer has made every call sent before; a non-zero exit code
+        marks it failed. Returns when the run's files are complete and the writer is gone."""
         if self._finished:
             return
         self._finished = True
         try:
-            self._worker.close()
+            self._writer.send(("finish", exit_code))
+            self._wait_for("finished")
         finally:
-            self._run.finish(exit_code=exit_code)
+            self._writer.close()
+
+    def _send(self, message: tuple) -> None:
+        if self._finished:
+            raise RuntimeError("the W&B run is finished")
+        while self._writer.has_message():  # the start of the run, or a failed call
+            self._handle(self._writer.receive())
+        self._writer.send(message)
+
+    def _wait_for(self, kind: str) -> None:
+        while (message := self._writer.receive())[0] != kind:
+            self._handle(message)
+
+    def _handle(self, message: tuple) -> None:
+        kind, *args = message
+        if kind == "started":
+            (run,) = args
+            assert run["run_id"] == self.run_id, (run, self.run_id)
+            self._mode = run["mode"]
+            if self._mode == "online":
+                log.info("W&B: online, %s", run["url"])
+            else:
+                log.log(
+                    logging.WARNING if run["warn"] else logging.INFO,
+                    "W&B: offline (%s); sync later with `wandb sync %s`",
+                    run["reason"],
+                    run["sync_dir"],
+                )
+        elif kind in ("failed", "error"):
+            self._finished = True
+            self._writer.close()
+            prefix = "" if kind == "failed" else "W&B logging failed:\n"
+            raise RuntimeError(prefix + args[0])
+        else:
+            raise RuntimeError(f"unexpected message from the W&B writer: {message!r}")
+
+
+def requested_mode(cfg_logger: Mapping[str, Any]) -> tuple[str, str]:
+    """The mode `cfg_logger` asks for ("none", "disabled", "auto", "online" or "offline"),
+    with WANDB_MODE honoured in auto mode, and what decided it."""
+    if cfg_logger.get("name", "wandb") == "none":
+        return "none", "logger=none"
+    mode = cfg_logger.get("mode") or "auto"
+    if mode not in MODES:
+        raise ValueError(f"logger.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    env_mode = os.environ.get("WANDB_MODE", "")
+    if mode == "auto" and env_mode.lower() in _ENV_MODES:
+        return _ENV_MODES[env_mode.lower()], f"WANDB_MODE={env_mode}"
+    return mode, f"logger.mode={mode}"
 
 
 def start_tracking(
@@ -218,25 +310,15 @@ def start_tracking(
 ) -> Tracker:
     """Open the run's tracker as `cfg_logger` asks (see conf/logger/*.yaml).
 
-    `config` (the whole resolved config, nested or flat) goes to wandb.config as it is. A given
-    `run_id` is the W&B run id, with resume="allow", so a resumed run continues the same W&B
-    run (online), or syncs into it later (offline, where wandb ignores resume).
+    Returns as soon as the writer has the request; the tracker's `mode` waits for the run to
+    start (and raises if logger.mode=online cannot be had). `config` (the whole resolved
+    config, nested or flat) goes to wandb.config as it is. A given `run_id` is the W&B run id,
+    with resume="allow", so a resumed run continues the same W&B run (online), or syncs into it
+    later (offline, where wandb ignores resume).
     """
-    if cfg_logger.get("name", "wandb") == "none":
-        return NullTracker("none")
-    mode = cfg_logger.get("mode") or "auto"
-    if mode not in MODES:
-        raise ValueError(f"logger.mode must be one of {', '.join(MODES)}, not {mode!r}")
-    reason = f"logger.mode={mode}"
-    env_mode = os.environ.get("WANDB_MODE", "")
-    if mode == "auto" and env_mode.lower() in _ENV_MODES:
-        mode, reason = _ENV_MODES[env_mode.lower()], f"WANDB_MODE={env_mode}"
-    if mode == "disabled":
-        return NullTracker("disabled")
-
-    # Imported here, not at the top: it costs ~0.7 s that logger=none runs need not pay.
-    import wandb
-
+    mode, reason = requested_mode(cfg_logger)
+    if mode in ("none", "disabled"):
+        return NullTracker(mode)
     # wandb warns "git root ... does not exist" when dir does not exist yet.
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -244,137 +326,19 @@ def start_tracking(
     # folder can be told apart. From `secrets`, as wandb's own ids are random: a run that
     # seeded `random` must not draw the same id as the last run with that seed.
     run_id_fixed = run_id or "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-
-    def init(init_mode: str) -> Any:
-        return wandb.init(
-            dir=run_dir,
-            mode=init_mode,
-            project=cfg_logger.get("project"),
-            entity=cfg_logger.get("entity"),
-            group=cfg_logger.get("group"),
-            tags=[str(tag) for tag in cfg_logger.get("tags") or []],
-            name=cfg_logger.get("run_name"),
-            notes=cfg_logger.get("notes"),
-            config=config,
-            id=run_id_fixed,
-            resume="allow" if run_id else None,
-            # A run a crashed job left open (Hydra multirun: one process) is finished, not
-            # reused: the default "return_previous" would log this job into the old run.
-            reinit="finish_previous",
-            settings=wandb.Settings(
-                init_timeout=float(cfg_logger.get("init_timeout") or 15),
-                # No capture of stdout/stderr: it would slow and garble the progress bar.
-                console="off",
-                # Hides the run's banner and closing history/summary printout; wandb's
-                # warnings and errors still reach stderr.
-                silent=True,
-            ),
-        )
-
-    level = logging.INFO
-    if mode != "offline":
-        problem = _online_problem()
-        if problem is None:
-            wandb_dir = run_dir / "wandb"
-            before = set(wandb_dir.glob(f"run-*-{run_id_fixed}"))
-            try:
-                run = init("online")
-            except Exception as error:  # CommError, UsageError, AuthenticationError, timeouts
-                problem = f"online init failed: {_first_line(error)}"
-                # wandb's service still holds the failed run's id ("run ID ... is in use"), so
-                # the offline run with that id needs a fresh service; the teardown takes ~2 s.
-                wandb.teardown()
-                # The failed attempt leaves a run folder of its own; drop it so the run
-                # folder holds one run (summaries and tests count them).
-                for leftover in set(wandb_dir.glob(f"run-*-{run_id_fixed}")) - before:
-                    shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                log.info("W&B: online, %s", run.url)
-                return _started(WandbTracker(run, "online"))
-        if mode == "online":
-            raise RuntimeError(f"W&B: logger.mode=online, but {problem}")
-        # No key is the usual laptop case; anything else means online was meant and failed.
-        reason, level = problem, logging.INFO if problem == NO_KEY else logging.WARNING
-
-    run = init("offline")
-    log.log(
-        level, "W&B: offline (%s); sync later with `wandb sync %s`", reason, run.settings.sync_dir
-    )
-    return _started(WandbTracker(run, "offline"))
-
-
-def _str_keys(value: Any) -> Any:
-    """value with the keys of every nested dict made str."""
-    if isinstance(value, Mapping):
-        return {str(key): _str_keys(item) for key, item in value.items()}
-    return value
-
-
-def _started(tracker: WandbTracker) -> WandbTracker:
-    tracker.define_metrics()
-    return tracker
-
-
-def _online_problem() -> str | None:
-    """Why an online run cannot start now, or None if it may: credentials, then the server."""
-    try:
-        base_url = _credentials_base_url()
-    except Exception as error:  # a malformed key or base URL, which wandb would refuse too
-        return f"W&B credentials unusable: {_first_line(error)}"
-    if base_url is None:
-        return NO_KEY
-    if not _reachable(base_url, PROBE_TIMEOUT_S):
-        return f"{base_url} unreachable within {PROBE_TIMEOUT_S:g} s"
-    return None
-
-
-def _credentials_base_url() -> str | None:
-    """The W&B server URL if wandb finds credentials for it, else None.
-
-    Asks wandb the way wandb.init does (WANDB_API_KEY or WANDB_IDENTITY_TOKEN_FILE, then the
-    netrc entry for the server, then the api_key of wandb's settings files), with no prompt, no
-    network call and no change to the session. The key itself is never read out here.
-    """
-    # wandb-internal modules (0.31); were they to move, the ImportError sends auto mode offline.
-    from wandb.sdk import wandb_setup
-    from wandb.sdk.lib import wbauth
-
-    # The singleton's settings hold the server (WANDB_BASE_URL, `wandb login --host`); reading
-    # them does not start wandb's service.
-    base_url: str = wandb_setup.singleton().settings.base_url
-    auth = wbauth.authenticate_session(
-        host=base_url, source="gradsweep", prompt=False, update_session=False
-    )
-    return base_url if auth is not None else None
-
-
-def _reachable(base_url: str, timeout: float) -> bool:
-    """Whether a TCP connection to the server opens within timeout seconds."""
-    parts = urlsplit(base_url)
-    if parts.hostname is None:
-        return False
-    if urllib.request.getproxies().get(parts.scheme):
-        # Behind a proxy a direct connection says nothing; init_timeout bounds the init.
-        return True
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    answered: list[bool] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((parts.hostname, port), timeout=timeout):
-                answered.append(True)
-        except OSError:
-            pass
-        finally:
-            done.set()
-
-    # A daemon thread, because create_connection's timeout does not cover the DNS lookup.
-    threading.Thread(target=probe, daemon=True).start()
-    done.wait(timeout)
-    return bool(answered)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    options = {
+        key: cfg_logger.get(key)
+        for key in ("project", "entity", "group", "tags", "run_name", "notes", "init_timeout")
+    }
+    options["tags"] = list(options["tags"] or [])
+    options |= {
+        "mode": mode,
+        "reason": reason,
+        "run_dir": str(run_dir),
+        "config": config,
+        "run_id": run_id_fixed,
+        "resume": run_id is not None,
+    }
+    writer = _take_writer(_niceness(cfg_logger))
+    writer.send(("init", options))
+    return WandbTracker(writer, run_id_fixed)

@@ -40,6 +40,7 @@ from gradsweep.optimizers import create_optimizer
 from gradsweep.signals import StopRequest
 from gradsweep.summary import CHOICE_GROUPS, flat_config, group_choice, write_json_atomic
 from gradsweep.telemetry import Clipping
+from gradsweep.tracking import Tracker, start_tracking
 from gradsweep.validate import ConfigError, check_config
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,30 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     saved = _saved_state(cfg, run_dir)  # a corrupt or foreign checkpoint fails here, early
 
     data = load_data(cfg.data, device)
+
+    # The W&B run starts now, in its writer process, while the model is built here.
+    record = {**flat_config(cfg), "data.source": data.source}
+    run_id = saved["wandb_run_id"] if saved is not None else None
+    tracker = start_tracking(cfg.logger, record, run_dir, run_id=run_id)
+    try:
+        result = _train(cfg, run_dir, device, data, saved, tracker)
+    except BaseException:
+        tracker.finish(exit_code=1)  # the history logged so far stays, marked failed
+        raise
+    # A run stopped by NaN/inf is recorded in full, and marked failed in W&B.
+    tracker.finish(exit_code=0 if result.non_finite_step is None else 1)
+    return result
+
+
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device,
+    data: Data,
+    saved: dict | None,
+    tracker: Tracker,
+) -> RunResult:
+    """Build the model, train it, write the summary: the whole run between W&B's ends."""
     model = build_model(cfg, data, device)
     optimizer = create_optimizer(cfg.optimizer, model.parameters())
     generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
@@ -118,6 +143,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         log_every_n_steps=cfg.telemetry.log_every_n_steps,
         window=cfg.telemetry.window,
         thresholds=thresholds,
+        tracker=tracker,
     )
     progress = {"val": {}, "val_best": -math.inf}
     if saved is not None:
@@ -128,15 +154,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         restore_rng_state(saved["rng"])
         progress = saved["progress"]
         log.info("resuming from %s at step %d", checkpoint_path(run_dir), saved["step"])
-
-    from gradsweep.tracking import start_tracking
-
-    record = {**flat_config(cfg), "data.source": data.source}
-    run_id = saved["wandb_run_id"] if saved is not None else None
-    tracker = start_tracking(cfg.logger, record, run_dir, run_id=run_id)
-    if saved is not None and not saved["clean_stop"]:
-        tracker.replay(saved["recent_rows"])  # what a killed run may not have written
-    monitor.tracker = tracker
+        if not saved["clean_stop"]:
+            tracker.replay(saved["recent_rows"])  # what a killed run may not have written
     tracker.update_summary({"telemetry/layers": dict(enumerate(monitor.layers))})
 
     def checkpoint(next_step: int, clean_stop: bool = False) -> None:
@@ -161,12 +180,13 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
 
     first_step = saved["step"] if saved is not None else 0
     log.info(
-        "training steps %d..%d (%d per epoch) on %s; telemetry on %d weight layers",
+        "training steps %d..%d (%d per epoch) on %s; telemetry on %d weight layers; W&B %s",
         first_step,
         max_steps,
         batches.steps_per_epoch,
         device,
         len(monitor.layers),
+        tracker.mode,  # waits for the W&B run to start, and raises if online cannot be had
     )
     meter = Progress(max_steps, first_step)
     step = first_step - 1
@@ -176,53 +196,47 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16"
     )
-    try:
-        with StopRequest() as stop:
-            for step in range(first_step, max_steps):
-                x, y = next(stream)
-                with autocast:
-                    logits = forward(x)
-                    loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                accuracy = (logits.argmax(1) == y).float().mean()
-                # Norms, clipping, the step's one host transfer and its W&B row.
-                row = monitor.step(loss, accuracy, step=step)
-                optimizer.step()
-                if row is not None:
-                    meter.update(step, row)
-                if step == max_steps - 1 or (step + 1) % cfg.trainer.eval_every == 0:
-                    # The weights after this step's update; W&B merges it into the step's row.
-                    val = progress["val"] = evaluate(model, data.val_x, data.val_y)
-                    progress["val_best"] = max(progress["val_best"], val["acc"])
-                    tracker.log({"val/loss": val["loss"], "val/acc": val["acc"]}, step)
-                if monitor.non_finite_step is not None:
-                    log.error("non-finite loss or gradient at step %d: stopping", step)
-                    break
-                if stop.requested or (step + 1) % cfg.trainer.checkpoint_every == 0:
-                    checkpoint(step + 1, clean_stop=stop.requested)
-                if stop.requested:
-                    log.warning(
-                        "signal %d: checkpoint saved at step %d; stopping", stop.signum, step + 1
-                    )
-                    tracker.finish(exit_code=128 + stop.signum)
-                    stop.handover()
-            monitor.flush()
-            meter.close()
-            if monitor.non_finite_step is None:
-                checkpoint(max_steps, clean_stop=True)  # a re-run of a finished run trains no more
+    with StopRequest() as stop:
+        for step in range(first_step, max_steps):
+            x, y = next(stream)
+            with autocast:
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            accuracy = (logits.argmax(1) == y).float().mean()
+            # Norms, clipping, the step's one host transfer and its W&B row.
+            row = monitor.step(loss, accuracy, step=step)
+            optimizer.step()
+            if row is not None:
+                meter.update(step, row)
+            if step == max_steps - 1 or (step + 1) % cfg.trainer.eval_every == 0:
+                # The weights after this step's update; W&B merges it into the step's row.
+                val = progress["val"] = evaluate(model, data.val_x, data.val_y)
+                progress["val_best"] = max(progress["val_best"], val["acc"])
+                tracker.log({"val/loss": val["loss"], "val/acc": val["acc"]}, step)
+            if monitor.non_finite_step is not None:
+                log.error("non-finite loss or gradient at step %d: stopping", step)
+                break
+            if stop.requested or (step + 1) % cfg.trainer.checkpoint_every == 0:
+                checkpoint(step + 1, clean_stop=stop.requested)
+            if stop.requested:
+                log.warning(
+                    "signal %d: checkpoint saved at step %d; stopping", stop.signum, step + 1
+                )
+                tracker.finish(exit_code=128 + stop.signum)
+                stop.handover()
+        monitor.flush()
+        meter.close()
+        if monitor.non_finite_step is None:
+            checkpoint(max_steps, clean_stop=True)  # a re-run of a finished run trains no more
 
-        test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
-        evals = {**progress, "test": test}
-        summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
-        report(monitor, summary, run_dir, tracker)
-        write_json_atomic(run_dir / "summary.json", summary)
-        tracker.update_summary(summary)
-    except BaseException:
-        tracker.finish(exit_code=1)  # the history logged so far stays, marked failed
-        raise
-    # A run stopped by NaN/inf is recorded in full, and marked failed in W&B.
-    tracker.finish(exit_code=0 if monitor.non_finite_step is None else 1)
+    test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
+    evals = {**progress, "test": test}
+    summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
+    report(monitor, summary, run_dir, tracker)
+    write_json_atomic(run_dir / "summary.json", summary)
+    tracker.update_summary(summary)
     return RunResult(
         val_acc=float(progress["val"].get("acc", math.nan)),
         verdict=str(summary["diagnosis/verdict"]),

@@ -147,6 +147,11 @@ def check_config(cfg: DictConfig) -> None:
             f"logger.mode={cfg.logger.mode!r}: choose one of {list(LOGGER_MODES)}",
         )
         positive("logger.init_timeout")
+        niceness = cfg.logger.get("niceness", 0)
+        need(
+            _integer(niceness) and 0 <= niceness <= 19,
+            f"logger.niceness={niceness!r}: use an integer from 0 (no change) to 19 (lowest)",
+        )
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -46,3 +46,28 @@ def make_cfg() -> ComposeFn:
         return cfg
 
     return make
+
+
+@pytest.fixture
+def no_wandb_credentials(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's first run: no API key anywhere wandb looks (its own HOME, config folder and
+    netrc) and none of the WANDB_* variables that carry a key, a mode or a run. The W&B
+    writer process inherits this environment."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    for name in (
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_MODE",
+        "WANDB_BASE_URL",
+        "WANDB_DIR",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_RUN_GROUP",
+    ):
+        monkeypatch.delenv(name, raising=False)

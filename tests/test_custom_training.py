@@ -23,22 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CUSTOM = ("model=custom", "model._target_=examples.deep_sigmoid.DeepSigmoid", "+model.depth=4")
 
 
-@pytest.fixture
-def no_wandb_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Offline W&B with nothing of the machine's own: its own HOME, no key, no mode set."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
-    monkeypatch.setenv("NETRC", str(home / ".netrc"))
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    import wandb
-
-    wandb.teardown()  # completes the run files before they are read
-
-
 @pytest.mark.parametrize(
     ("fix", "account"),
     [
@@ -110,9 +94,6 @@ def test_monitor_in_a_hand_written_loop_gives_the_built_in_loops_norms(
         *CUSTOM, "activation=tanh", "logger=wandb", "logger.mode=offline", max_steps=steps
     )
     train(cfg, run_dir=tmp_path / "builtin")
-    import wandb
-
-    wandb.teardown()
     (run_file,) = find_runs(tmp_path / "builtin")
     logged = {row["_step"]: row for row in read_run(run_file).history}
 

@@ -31,10 +31,6 @@ def offline_wandb(monkeypatch):
     for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    yield
-    import wandb
-
-    wandb.teardown()
 
 
 def test_scan_equals_the_first_training_step_of_a_real_run(tmp_path, offline_wandb) -> None:
@@ -50,9 +46,6 @@ def test_scan_equals_the_first_training_step_of_a_real_run(tmp_path, offline_wan
         cfg.trainer.max_steps = 3
         cfg.trainer.eval_every = 3
     train(cfg, run_dir=tmp_path)
-    import wandb
-
-    wandb.teardown()  # completes the offline run's file before it is read
     history = read_run(tmp_path).history
     step0 = next(r for r in history if r["_step"] == 0 and "grad_flow/log10_ratio" in r)
     assert row.log10_ratio == pytest.approx(step0["grad_flow/log10_ratio"], rel=1e-9, abs=1e-12)
@@ -202,9 +195,6 @@ def test_a_configuration_that_cannot_build_is_reported_not_fatal(tmp_path, capsy
 def test_scan_logs_one_wandb_run_with_the_table_and_the_heatmap(tmp_path, offline_wandb) -> None:
     grid = ["activation=relu,tanh", "model.depth=3", "data.source=bundled", "logger.mode=offline"]
     assert main(["scan", *grid, "--seeds", "1", "--format", "md", "--out", str(tmp_path)]) == 0
-    import wandb
-
-    wandb.teardown()
     run = read_run(tmp_path)
     (row,) = [r for r in run.history if "scan/table" in r]
     assert row["scan/table"]["_type"] == "table-file" and row["scan/table"]["nrows"] == 2

@@ -1,10 +1,9 @@
 """The W&B link, on real offline wandb runs read back from their `.wandb` files (no mocks).
 
 Every test runs with no W&B credentials: HOME, wandb's config folder and the netrc file point
-into tmp_path and the WANDB_* variables that carry keys or modes are unset. wandb keeps
-process-wide state (session credentials, its service), so each test ends with
-`wandb.teardown()`; that also completes the run files, which wandb writes a few ms after
-`run.finish()` returns.
+into tmp_path and the WANDB_* variables that carry keys or modes are unset; the W&B writer
+process inherits that environment. `finish()` returns once the writer has exited, so the
+run's files are complete then.
 """
 
 from __future__ import annotations
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from gradsweep.tracking import PROBE_TIMEOUT_S, start_tracking
+from gradsweep.tracking import start_tracking
 from gradsweep.wandb_records import BLOCK_LEN, find_runs, read_run
+from gradsweep.wandb_writer import PROBE_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "gradsweepfakekey" + "0123456789abcdef01234567"  # 40 characters, wandb's format
@@ -47,38 +47,7 @@ def logger_cfg(**overrides: object) -> dict[str, object]:
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
-    monkeypatch.setenv("NETRC", str(home / ".netrc"))
-    for name in (
-        "WANDB_API_KEY",
-        "WANDB_IDENTITY_TOKEN_FILE",
-        "WANDB_MODE",
-        "WANDB_BASE_URL",
-        "WANDB_DIR",
-        "WANDB_RUN_ID",
-        "WANDB_RESUME",
-        "WANDB_PROJECT",
-        "WANDB_ENTITY",
-        "WANDB_RUN_GROUP",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    if "wandb" in sys.modules:
-        import wandb
-
-        wandb.teardown()
-
-
-def finish_and_flush(tracker, exit_code: int = 0) -> None:
-    tracker.finish(exit_code=exit_code)
-    import wandb
-
-    wandb.teardown()
+pytestmark = pytest.mark.usefixtures("no_wandb_credentials")
 
 
 def write_png(path: Path) -> Path:
@@ -118,7 +87,7 @@ def test_offline_run_round_trips(tmp_path: Path) -> None:
     tracker.update_summary(
         {"diagnosis/verdict": "vanishing", "val/acc_best": 0.9, "telemetry/layers": layers}
     )
-    finish_and_flush(tracker)
+    tracker.finish()
 
     run = read_run(run_dir)
     assert run.run_id == tracker.run_id
@@ -152,7 +121,7 @@ def test_reader_agrees_with_wandb_leet(tmp_path: Path) -> None:
         tracker.log({"train/loss": 1.0 / (step + 1), "val/acc": 0.5 + step / 10}, step=step)
     tracker.log({"odd": math.nan}, step=3)
     tracker.update_summary({"diagnosis/verdict": "healthy"})
-    finish_and_flush(tracker, exit_code=1)
+    tracker.finish(exit_code=1)
 
     wandb_file = find_runs(run_dir)[0]
     wandb_cli = shutil.which("wandb")
@@ -178,7 +147,7 @@ def test_failed_run_keeps_exit_code_and_history(tmp_path: Path) -> None:
     tracker = start_tracking(logger_cfg(), {"seed": 1}, tmp_path / "run")
     for step in range(3):
         tracker.log({"train/loss": float(step)}, step=step)
-    finish_and_flush(tracker, exit_code=1)
+    tracker.finish(exit_code=1)
 
     run = read_run(tmp_path / "run")
     assert run.exit_code == 1
@@ -189,7 +158,7 @@ def test_reader_tolerates_a_cut_tail_and_rejects_corruption(tmp_path: Path) -> N
     tracker = start_tracking(logger_cfg(), {}, tmp_path / "run")
     for step in range(5):
         tracker.log({"train/loss": float(step)}, step=step)
-    finish_and_flush(tracker)
+    tracker.finish()
     data = find_runs(tmp_path / "run")[0].read_bytes()
 
     # A killed run: the file ends inside a record. What came before still reads.
@@ -212,11 +181,12 @@ def test_auto_without_key_runs_offline(tmp_path: Path, caplog: pytest.LogCapture
     caplog.set_level(logging.INFO, logger="gradsweep.tracking")
     start = time.perf_counter()
     tracker = start_tracking(logger_cfg(mode="auto"), {}, tmp_path / "run")
+    mode = tracker.mode  # waits for the run to start
     elapsed = time.perf_counter() - start
     tracker.log({"train/loss": 1.0}, step=0)
-    finish_and_flush(tracker)
+    tracker.finish()
 
-    assert tracker.mode == "offline"
+    assert mode == "offline"
     assert elapsed < INIT_MARGIN_S
     [record] = [r for r in caplog.records if r.name == "gradsweep.tracking"]
     assert "offline (no API key configured)" in record.getMessage()
@@ -252,10 +222,11 @@ def test_auto_with_key_and_no_server_runs_offline_fast(
     caplog.set_level(logging.INFO, logger="gradsweep.tracking")
     start = time.perf_counter()
     tracker = start_tracking(logger_cfg(mode="auto"), {"seed": 0}, tmp_path / "run")
+    mode = tracker.mode
     elapsed = time.perf_counter() - start
-    finish_and_flush(tracker)
+    tracker.finish()
 
-    assert tracker.mode == "offline"
+    assert mode == "offline"
     assert elapsed < PROBE_TIMEOUT_S + INIT_MARGIN_S
     [record] = [r for r in caplog.records if r.name == "gradsweep.tracking"]
     assert f"{base_url} unreachable" in record.getMessage()
@@ -279,9 +250,10 @@ def test_auto_falls_back_when_server_never_answers(
         tracker = start_tracking(
             logger_cfg(mode="auto", init_timeout=1), {"seed": 0}, run_dir, run_id="resumable1"
         )
+        assert tracker.mode == "offline"
         elapsed = time.perf_counter() - start
         tracker.log({"train/loss": 1.0}, step=0)
-        finish_and_flush(tracker)
+        tracker.finish()
 
     assert (tracker.mode, tracker.run_id) == ("offline", "resumable1")
     # init_timeout, then ~2 s for wandb's service to shut down, then an offline init.
@@ -296,8 +268,10 @@ def test_auto_falls_back_when_server_never_answers(
 
 
 def test_online_mode_without_key_raises(tmp_path: Path) -> None:
+    tracker = start_tracking(logger_cfg(mode="online"), {}, tmp_path / "run")
     with pytest.raises(RuntimeError, match="no API key configured"):
-        start_tracking(logger_cfg(mode="online"), {}, tmp_path / "run")
+        print(tracker.mode)
+    tracker.finish()  # nothing left to end: no error
 
 
 @pytest.mark.parametrize("cfg", [{"name": "none"}, {"name": "wandb", "mode": "disabled"}])
@@ -309,9 +283,9 @@ import sys
 from pathlib import Path
 from gradsweep.tracking import start_tracking
 tracker = start_tracking({cfg!r}, {{"seed": 0}}, Path({str(run_dir)!r}))
-tracker.define_metrics()
 tracker.log({{"train/loss": 1.0}}, step=0)
 tracker.log_images({{"plot": Path("missing.png")}}, step=0)
+tracker.log_table("table", ["a"], [[1]], step=0)
 tracker.update_summary({{"diagnosis/verdict": "healthy"}})
 tracker.finish(exit_code=1)
 print(tracker.mode, tracker.run_id, "wandb" in sys.modules)
@@ -324,17 +298,68 @@ print(tracker.mode, tracker.run_id, "wandb" in sys.modules)
     assert list(run_dir.iterdir()) == []
 
 
-def test_a_run_left_open_is_finished_not_reused(tmp_path: Path) -> None:
-    # Hydra multirun runs jobs in one process; a job that crashed before finish() must not
-    # make the next job log into its run.
+def test_runs_open_side_by_side_stay_apart(tmp_path: Path) -> None:
+    # Each run has its own writer process: a job that is still open (Hydra multirun runs
+    # jobs in one process) cannot take the next job's rows.
     first = start_tracking(logger_cfg(), {"job": 0}, tmp_path / "job0")
     first.log({"train/loss": 1.0}, step=0)
     second = start_tracking(logger_cfg(), {"job": 1}, tmp_path / "job1")
     second.log({"train/loss": 2.0}, step=0)
-    finish_and_flush(second)
+    second.finish()
+    first.log({"train/loss": 3.0}, step=1)
+    first.finish(exit_code=1)
 
     assert first.run_id != second.run_id
     job0, job1 = read_run(tmp_path / "job0"), read_run(tmp_path / "job1")
     assert (job0.config, job1.config) == ({"job": 0}, {"job": 1})
-    assert job0.exit_code is not None
+    assert [row["train/loss"] for row in job0.history] == [1, 3]
     assert [row["train/loss"] for row in job1.history] == [2]
+    assert (job0.exit_code, job1.exit_code) == (1, 0)
+
+
+def test_a_killed_trainer_loses_no_row(tmp_path: Path) -> None:
+    # SIGKILL leaves no chance to finish: the writer reads every row already sent, then ends
+    # the run itself, marked failed. The training process never imports wandb.
+    run_dir = tmp_path / "run"
+    code = f"""
+import os, signal, sys
+from pathlib import Path
+from gradsweep.tracking import start_tracking
+tracker = start_tracking({logger_cfg()!r}, {{"seed": 0}}, Path({str(run_dir)!r}))
+for step in range(500):
+    tracker.log({{"train/loss": float(step), "grad_norm/total": step / 7}}, step=step)
+assert "wandb" not in sys.modules
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True)
+    assert result.returncode == -9, result.stderr.decode()
+    deadline = time.monotonic() + 60
+    while (run := read_run_if_ended(run_dir)) is None:
+        assert time.monotonic() < deadline, "the writer never ended the run"
+        time.sleep(0.2)
+    assert run.exit_code == 1
+    assert [row["train/loss"] for row in run.history] == list(range(500))
+
+
+def read_run_if_ended(run_dir: Path):
+    """The run in run_dir once its exit record is written, else None."""
+    if not find_runs(run_dir):
+        return None
+    run = read_run(run_dir)
+    return run if run.exit_code is not None else None
+
+
+def test_a_failed_wandb_call_is_raised_and_the_run_still_ends(tmp_path: Path) -> None:
+    tracker = start_tracking(logger_cfg(), {}, tmp_path / "run")
+    tracker.log({"train/loss": 1.0}, step=0)
+    tracker.log_images({"plot": tmp_path / "missing.png"}, step=1)  # wandb.Image raises
+    with pytest.raises(RuntimeError, match="W&B logging failed"):
+        tracker.flush()
+    tracker.finish(exit_code=1)  # already ended: nothing more happens
+
+    deadline = time.monotonic() + 60
+    while (run := read_run_if_ended(tmp_path / "run")) is None:
+        assert time.monotonic() < deadline, "the writer never ended the run"
+        time.sleep(0.2)
+    assert run.exit_code == 1
+    assert [row["train/loss"] for row in run.history] == [1]

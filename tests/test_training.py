@@ -149,30 +149,13 @@ def test_bad_input_on_the_command_line_exits_non_zero(overrides, message, tmp_pa
     assert not (tmp_path / "summary.json").exists()
 
 
-@pytest.fixture
-def no_wandb_credentials(monkeypatch, tmp_path):
-    """No API key anywhere wandb looks, and no WANDB_MODE: the user's first run."""
-    import wandb
-
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
-    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
-    yield
-    wandb.teardown()  # flushes the runs' last records to their files
-
-
 def test_offline_wandb_run_holds_a_row_per_step_and_the_verdict(
     make_cfg, tmp_path, no_wandb_credentials
 ) -> None:
-    import wandb
-
     from gradsweep.wandb_records import find_runs, read_run
 
     cfg = make_cfg("logger=wandb", "clipping=norm", max_steps=12, eval_every=5)
     train(cfg, run_dir=tmp_path)  # no key, no WANDB_MODE: auto falls back to offline
-    wandb.teardown()
     (path,) = find_runs(tmp_path / "wandb")
     record = read_run(path)
     steps = [row["_step"] for row in record.history if "train/loss" in row]

@@ -1,0 +1,289 @@
+"""The W&B writer: a child process that owns one run's wandb run.
+
+    python -m gradsweep.wandb_writer FD NICENESS     (started by gradsweep.tracking)
+
+Why a process. wandb spends about a millisecond of Python on every logged row (encoding
+each value, its own telemetry, a hand-off to its asyncio thread) and as much again in its
+wandb-core service. Inside the training process that Python holds the GIL against the
+training loop, and a background thread there did not help: the step still took 1.15-1.20x
+the bare step (bench/telemetry_overhead.py). Here it holds no lock the training loop needs,
+and at a raised niceness this process and wandb-core (its child, which inherits the
+niceness) run on the CPU time the training threads leave idle instead of the time they need.
+It also imports wandb (~1 s) while the training process imports torch.
+
+The parent speaks over the socket FD in multiprocessing's framing, one pickled tuple a
+message, and reads replies the same way:
+
+    parent -> writer                                 writer -> parent
+    ("init", options)                                ("started", {mode, run_id, url or
+                                                     reason and sync_dir, warn})
+                                                     or ("failed", message)
+    ("log", metrics, step)
+    ("images", {key: png path}, step)
+    ("table", key, columns, rows, step)
+    ("config", values)   ("summary", values)
+    ("flush",)                                       ("flushed",)
+    ("finish", exit_code)                            ("finished",)
+                                                     ("error", message): a call failed
+
+Messages are handled in the order sent, so no row is reordered. After a failed call the
+writer drops what follows (the parent raises at its next call) but still finishes the run.
+If the parent dies (end of file on FD) the writer finishes the run with exit code 1 and
+every row it received is kept. Ctrl-C and SIGTERM reach the whole process group; the
+writer ignores them and ends when its parent says so or is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import traceback
+import urllib.request
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+# Seconds a TCP connection to the W&B server may take before auto mode gives up on it. DNS
+# failures and refused connections answer at once; this bounds a silent network.
+PROBE_TIMEOUT_S = 2.0
+# Aggregates W&B keeps in the run summary (wandb 0.31 accepts min, max, mean, first, last and
+# none, comma-separated; there is no "best"). Keeping "last" beside max/min keeps the final
+# value too, which summary.json also reports.
+METRIC_SUMMARIES = {"val/acc": "max,last", "val/loss": "min,last", "clip/hit_rate": "last"}
+NO_KEY = "no API key configured"
+
+
+def main(argv: list[str]) -> int:
+    fd, niceness = int(argv[1]), int(argv[2])
+    # Not passed on to wandb-core: the parent must see end of file when this process dies.
+    os.set_inheritable(fd, False)
+    conn = Connection(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if niceness:
+        os.nice(niceness)
+    import wandb
+
+    # Starts wandb's service now, while the parent is still busy, rather than at init.
+    wandb.setup()
+    try:
+        message = conn.recv()
+    except EOFError:  # the parent gave up before the run began
+        return 0
+    kind, options = message
+    assert kind == "init", message
+    try:
+        run, started = start_run(wandb, options)
+    except Exception as error:
+        reply(conn, ("failed", first_line(error)))
+        return 1
+    reply(conn, ("started", started))
+    return serve(conn, run)
+
+
+def reply(conn: Connection, message: tuple) -> None:
+    """Send to the parent, if it is still there: when it has died, the rows it sent before
+    are still to be read and logged, and end of file ends the run."""
+    with contextlib.suppress(OSError):  # BrokenPipeError: the parent is gone
+        conn.send(message)
+
+
+def serve(conn: Connection, run: Any) -> int:
+    """Carry out the parent's calls on `run` in order until it says finish or is gone."""
+    import wandb
+
+    failed = False
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the parent died: keep what it logged, mark the run failed
+            run.finish(exit_code=1)
+            wandb.teardown()
+            return 1
+        kind, *args = message
+        if kind == "finish":
+            run.finish(exit_code=args[0])
+            wandb.teardown()  # waits until wandb-core has written the run's last records
+            reply(conn, ("finished",))
+            return 0
+        if kind == "flush":
+            reply(conn, ("flushed",))
+            continue
+        if failed:
+            continue
+        try:
+            if kind == "log":
+                run.log(args[0], step=args[1])
+            elif kind == "images":
+                images, step = args
+                run.log({key: wandb.Image(path) for key, path in images.items()}, step=step)
+            elif kind == "table":
+                key, columns, rows, step = args
+                run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+            elif kind == "config":
+                run.config.update(args[0], allow_val_change=True)
+            elif kind == "summary":
+                run.summary.update(str_keys(args[0]))
+            else:
+                raise ValueError(f"unknown message {kind!r}")
+        except Exception:
+            failed = True
+            reply(conn, ("error", traceback.format_exc(limit=3)))
+
+
+def start_run(wandb: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The wandb run `options` asks for, and what the parent's log line says of it: its mode,
+    id, and url (online) or why offline and where to sync from, with `warn` when online was
+    meant but failed.
+
+    `mode` is "online", "offline" or "auto". Auto goes online only when wandb finds
+    credentials and the server answers a TCP probe within PROBE_TIMEOUT_S; the online init
+    itself is bounded by `init_timeout`. Otherwise the run is offline, and the note says why.
+    """
+    mode, reason = options["mode"], options["reason"]
+    run_dir = options["run_dir"]
+
+    def init(init_mode: str) -> Any:
+        return wandb.init(
+            dir=run_dir,
+            mode=init_mode,
+            project=options.get("project"),
+            entity=options.get("entity"),
+            group=options.get("group"),
+            tags=[str(tag) for tag in options.get("tags") or []],
+            name=options.get("run_name"),
+            notes=options.get("notes"),
+            config=options["config"],
+            id=options["run_id"],
+            resume="allow" if options["resume"] else None,
+            settings=wandb.Settings(
+                init_timeout=float(options.get("init_timeout") or 15),
+                # No capture of stdout/stderr: it would slow and garble the progress bar.
+                console="off",
+                # Hides the run's banner and closing history/summary printout; wandb's
+                # warnings and errors still reach stderr.
+                silent=True,
+            ),
+        )
+
+    warn = False
+    if mode != "offline":
+        earlier = {folder.name for folder in run_folders(run_dir, options["run_id"])}
+        problem = online_problem()
+        if problem is None:
+            try:
+                run = init("online")
+            except Exception as error:  # CommError, UsageError, AuthenticationError, timeouts
+                problem = f"online init failed: {first_line(error)}"
+                # wandb's service still holds the failed run's id ("run ID ... is in use"), so
+                # the offline run with that id needs a fresh service.
+                wandb.teardown()
+                # The failed attempt leaves a folder of its own; drop it so the run folder
+                # holds one run (summaries and tests count them).
+                for folder in run_folders(run_dir, options["run_id"]):
+                    if folder.name not in earlier:
+                        shutil.rmtree(folder, ignore_errors=True)
+            else:
+                return _defined(run), {"mode": "online", "run_id": run.id, "url": run.url}
+        if mode == "online":
+            raise RuntimeError(f"W&B: logger.mode=online, but {problem}")
+        # No key is the usual laptop case; anything else means online was meant and failed.
+        reason, warn = problem, problem != NO_KEY
+
+    run = init("offline")
+    started = {"mode": "offline", "run_id": run.id, "reason": reason, "warn": warn}
+    return _defined(run), started | {"sync_dir": run.settings.sync_dir}
+
+
+def _defined(run: Any) -> Any:
+    for name, summary in METRIC_SUMMARIES.items():
+        run.define_metric(name, summary=summary)
+    return run
+
+
+def run_folders(run_dir: str, run_id: str) -> list[Path]:
+    """The folders wandb made under run_dir for runs with this id (one per attempt)."""
+    return list((Path(run_dir) / "wandb").glob(f"run-*-{run_id}"))
+
+
+def str_keys(value: Any) -> Any:
+    """value with the keys of every nested dict made str: wandb 0.31 fails on a non-str key in
+    a nested dict (TypeError in its encoder), as in {"telemetry/layers": {0: "fc1"}}."""
+    if isinstance(value, Mapping):
+        return {str(key): str_keys(item) for key, item in value.items()}
+    return value
+
+
+def online_problem() -> str | None:
+    """Why an online run cannot start now, or None if it may: credentials, then the server."""
+    try:
+        base_url = credentials_base_url()
+    except Exception as error:  # a malformed key or base URL, which wandb would refuse too
+        return f"W&B credentials unusable: {first_line(error)}"
+    if base_url is None:
+        return NO_KEY
+    if not reachable(base_url, PROBE_TIMEOUT_S):
+        return f"{base_url} unreachable within {PROBE_TIMEOUT_S:g} s"
+    return None
+
+
+def credentials_base_url() -> str | None:
+    """The W&B server URL if wandb finds credentials for it, else None.
+
+    Asks wandb the way wandb.init does (WANDB_API_KEY or WANDB_IDENTITY_TOKEN_FILE, then the
+    netrc entry for the server, then the api_key of wandb's settings files), with no prompt, no
+    network call and no change to the session. The key itself is never read out here.
+    """
+    # wandb-internal modules (0.31); were they to move, the ImportError sends auto mode offline.
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    # The singleton's settings hold the server (WANDB_BASE_URL, `wandb login --host`).
+    base_url: str = wandb_setup.singleton().settings.base_url
+    auth = wbauth.authenticate_session(
+        host=base_url, source="gradsweep", prompt=False, update_session=False
+    )
+    return base_url if auth is not None else None
+
+
+def reachable(base_url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the server opens within timeout seconds."""
+    parts = urlsplit(base_url)
+    if parts.hostname is None:
+        return False
+    if urllib.request.getproxies().get(parts.scheme):
+        # Behind a proxy a direct connection says nothing; init_timeout bounds the init.
+        return True
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    answered: list[bool] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                answered.append(True)
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    # A daemon thread, because create_connection's timeout does not cover the DNS lookup.
+    threading.Thread(target=probe, daemon=True).start()
+    done.wait(timeout)
+    return bool(answered)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
