@@ -115,9 +115,7 @@ class GradientMonitor:
         self._clip_steps = 0
         self._no_accuracy = torch.full((1,), math.nan, device=device)
         self._extra: dict[int, dict[str, float]] = {}
-        n_logged = len(self.telemetry.logged)
-        self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged] + ["grad_norm/total"]
-        self._layers = slice(n_logged + 1, n_logged + 1 + len(self.layers))
+        self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged]
 
     def step(
         self,
@@ -136,16 +134,20 @@ class GradientMonitor:
         """
         step = self.steps if step is None else step
         self.steps = step + 1
-        grads = self.telemetry.measure()
-        if self.clipping.name != "none":
-            self._clip_hits += grads[-1:]
+        measured = self.telemetry.measure()
+        if measured.hit is not None:
+            self._clip_hits += measured.hit
             self._clip_steps += 1
         if step % self.log_every_n_steps and not extra:
             return None
         if extra:
             self._extra[step] = extra
         accuracy = self._no_accuracy if accuracy is None else accuracy.detach().reshape(1)
-        values = torch.cat([loss.detach().reshape(1), accuracy, grads, self._clip_hits]).float()
+        # [loss, accuracy, every parameter's norm..., total norm, clip flag, clip hits so far]
+        parts = [loss.detach().reshape(1), accuracy, measured.norms, measured.total.reshape(1)]
+        if measured.hit is not None:
+            parts += [measured.hit.reshape(1), self._clip_hits]
+        values = torch.cat([part.float() for part in parts])
         ready = self._transfer.push((step, self.telemetry.missing, self._clip_steps), values)
         return self._emit(*ready) if ready else None
 
@@ -155,24 +157,27 @@ class GradientMonitor:
         return self._emit(*ready) if ready else None
 
     def _emit(self, tag: tuple[int, tuple[int, ...], int], values: list[float]) -> dict[str, float]:
-        (step, missing, clip_steps), (loss, accuracy, *grads, hits) = tag, values
+        (step, missing, clip_steps), (loss, accuracy, *rest) = tag, values
+        norms, total = rest[: len(self.telemetry.params)], rest[len(self.telemetry.params)]
         row = {"train/loss": loss}
         if not math.isnan(accuracy):
             row["train/acc"] = accuracy
-        row.update(zip(self._grad_keys, grads, strict=False))
+        logged = [norms[i] for i in self.telemetry.logged_index]
+        row.update(zip(self._grad_keys, logged, strict=True))
         for position in missing:  # no gradient this step: nothing to log for it
             del row[self._grad_keys[position]]
-        layer_norms = grads[self._layers]
+        row["grad_norm/total"] = total
+        layer_norms = [norms[i] for i in self.telemetry.layer_index]
         row["grad_flow/first"] = layer_norms[0]
         row["grad_flow/last"] = layer_norms[-1]
         row["grad_flow/log10_ratio"] = log10_ratio(layer_norms[0], layer_norms[-1])
         if self.clipping.name != "none":
+            hit, hits = rest[-2:]
             self.clip = ClipStats(steps=clip_steps, hits=round(hits))
-            row["clip/hit"] = grads[-1]
+            row["clip/hit"] = hit
             row["clip/hit_rate"] = self.clip.hit_rate
         row.update(self._extra.pop(step, {}))
 
-        total = grads[len(self._grad_keys) - 1]
         self.layer_history.append(layer_norms)
         self.steps_measured.append(step)
         self._window.append(layer_norms)

@@ -1,15 +1,16 @@
 """Per-layer gradient norms and gradient clipping, fused into one pass per step.
 
 After `backward()`, every gradient's L2 norm comes from a single fused kernel
-(`torch._foreach_norm`), the global norm and the clipping coefficient are derived
-from those norms on the device, and everything the step reports (loss, accuracy,
-the norms, the clip flag) is stacked into one vector that crosses to the host once.
+(`torch._foreach_norm`), and the global norm and the clipping coefficient are derived
+from those norms on the device. gradsweep.monitor stacks them with the step's other
+scalars (loss, accuracy, the clip flag) into one vector that crosses to the host once.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -49,18 +50,23 @@ def select_params(model: nn.Module, spec: str, weight_layer_names: list[str]) ->
     return chosen
 
 
+class Measurement(NamedTuple):
+    """One step's gradient measurement, as device tensors (no host sync made)."""
+
+    norms: torch.Tensor  # every trainable parameter's gradient L2 norm; NaN: no gradient
+    total: torch.Tensor  # the global L2 norm, over the parameters that have a gradient
+    hit: torch.Tensor | None  # 1.0 if clipping changed the gradients, else 0.0; None: no clipping
+
+
 class GradientTelemetry:
-    """Gradient norms of every parameter, clipping, and the clip flag, on the device.
+    """Gradient norms of every trainable parameter, and clipping, on the device.
 
-    `measure()` is called between `backward()` and `optimizer.step()`. It returns one
-    device vector laid out as `layout` says, ready to join the step's other scalars
-    for a single host transfer:
-
-        [logged parameter norms..., global norm, weight-layer norms..., clip flag?]
-
-    The weight-layer norms (forward order) feed the verdict and the pictures whatever
-    `logged` holds. Parameters without a gradient this step read as NaN and take no
-    part in the global norm.
+    `measure()` is called between `backward()` and `optimizer.step()`. The norms are in
+    `named_parameters()` order; `logged_index` and `layer_index` say where the logged
+    parameters and the weight layers' weights sit among them, so that the host picks them
+    out of the transferred values rather than the device spending ops on it. Parameters
+    without a gradient this step read as NaN, take no part in the global norm, and are
+    listed in `missing` (positions in `logged`).
     """
 
     def __init__(
@@ -74,51 +80,35 @@ class GradientTelemetry:
         index = {name: i for i, (name, _) in enumerate(trainable)}
         self.params = [p for _, p in trainable]
         self.logged = logged
-        self.weight_layers = weight_layers
         self.clipping = clipping
-        self._logged_index = [index[name] for name in logged]
-        self._pick = torch.tensor(
-            self._logged_index + [index[f"{n}.weight"] for n in weight_layers]
-        )
-        self._device: torch.device | None = None
-        # Positions in `logged` of parameters that had no gradient at the last measure().
+        self.logged_index = [index[name] for name in logged]
+        self.layer_index = [index[f"{n}.weight"] for n in weight_layers]
         self.missing: tuple[int, ...] = ()
 
-    @property
-    def size(self) -> int:
-        """Length of the vector `measure()` returns."""
-        return len(self.logged) + 1 + len(self.weight_layers) + (self.clipping.name != "none")
-
-    def measure(self) -> torch.Tensor:
-        """Norms (and clipping) for the gradients now in `.grad`, as one device vector."""
-        present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not present:
+    def measure(self) -> Measurement:
+        """Norms (and clipping) for the gradients now in `.grad`."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
             raise RuntimeError("no parameter has a gradient: call backward() before measure()")
-        grads = [self.params[i].grad for i in present]
-        device = grads[0].device
-        if self._device != device:
-            self._pick = self._pick.to(device)
-            self._device = device
 
         # The one fused pass: every gradient's L2 norm at once.
         norms = torch.stack(torch._foreach_norm(grads, 2.0))
         total = torch.linalg.vector_norm(norms, 2.0)
         self.missing = ()
-        if len(present) < len(self.params):  # rare: unused parameters read as NaN
+        if len(grads) < len(self.params):  # rare: unused parameters read as NaN
+            present = [i for i, p in enumerate(self.params) if p.grad is not None]
             full = norms.new_full((len(self.params),), float("nan"))
-            full[torch.tensor(present, device=device)] = norms
+            full[torch.tensor(present, device=norms.device)] = norms
             norms = full
             have = set(present)
-            self.missing = tuple(k for k, i in enumerate(self._logged_index) if i not in have)
+            self.missing = tuple(k for k, i in enumerate(self.logged_index) if i not in have)
 
-        picked = norms.index_select(0, self._pick)
-        n_logged = len(self.logged)
-        parts = [picked[:n_logged], total.view(1), picked[n_logged:]]
+        hit = None
         if self.clipping.name == "norm":
-            parts.append(self._clip_norm(grads, total).view(1))
+            hit = self._clip_norm(grads, total)
         elif self.clipping.name == "value":
-            parts.append(self._clip_value(grads).view(1))
-        return torch.cat(parts)
+            hit = self._clip_value(grads)
+        return Measurement(norms, total, hit)
 
     def _clip_norm(self, grads: list[torch.Tensor], total: torch.Tensor) -> torch.Tensor:
         clip = self.clipping
