@@ -4,7 +4,8 @@
 
 The same runs (the first `--count` of the grid, 300 steps each, W&B offline) go:
   multirun      `python train.py -m ...`: Hydra's basic launcher, every job in one process
-  runner        `gradsweep sweep conf/sweep.yaml --workers 2`: two worker processes at once
+  runner        `gradsweep sweep conf/sweep.yaml`: its default, --workers auto (one job per
+                CPU core here), worker processes at once
   agent-style   one `python train.py ...` process per run, one after another, as
                 `wandb agent` starts them (commands from `gradsweep sweep --dry-run`)
 """
@@ -21,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gradsweep.sweeps import auto_workers  # noqa: E402
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -71,15 +75,13 @@ def main() -> None:
             "multirun (one process)": timed(
                 [sys.executable, "train.py", "-m", *sweep_args, f"hydra.sweep.dir={tmp}/m"], env
             ),
-            "runner, 2 workers": timed(
+            f"runner, --workers auto ({auto_workers(env)} here)": timed(
                 [
                     sys.executable,
                     "-m",
                     "gradsweep.cli",
                     "sweep",
                     "conf/sweep.yaml",
-                    "--workers",
-                    "2",
                     "--count",
                     str(args.count),
                     "--dir",

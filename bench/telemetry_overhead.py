@@ -160,20 +160,62 @@ class Variant:
             self.run.finish()
 
 
-def profile(xs: torch.Tensor, ys: torch.Tensor, niceness: int) -> None:
-    """torch.profiler over gradsweep steps: the telemetry's own ops, by self CPU time."""
+def profile(xs: torch.Tensor, ys: torch.Tensor, niceness: int, steps: int = 100) -> None:
+    """torch.profiler over gradsweep steps: the ops inside GradientMonitor.step (the
+    telemetry, clipping, the transfer and the W&B send), by self CPU time per step."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     with tempfile.TemporaryDirectory() as tmp:
         variant = Variant("gradsweep", Path(tmp), niceness)
+        monitor_step = variant.monitor.step
+
+        def labelled(*args, **kwargs):
+            with record_function("GradientMonitor.step"):
+                return monitor_step(*args, **kwargs)
+
+        variant.monitor.step = labelled
         for i in range(10):
             variant.step(xs[i], ys[i])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for i in range(50):
+            for i in range(steps):
                 with record_function("train_step"):
                     variant.step(xs[i % 64], ys[i % 64])
         variant.close()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+
+    events = prof.events()
+    spans = {
+        name: [e for e in events if e.name == name]
+        for name in ("train_step", "GradientMonitor.step")
+    }
+    per_step = {name: sum(e.cpu_time_total for e in found) / steps for name, found in spans.items()}
+    inside: dict[str, list[float]] = {}
+    for event in events:
+        if event.name in spans:
+            continue
+        for span in spans["GradientMonitor.step"]:
+            if (
+                event.thread == span.thread
+                and span.time_range.start <= event.time_range.start
+                and event.time_range.end <= span.time_range.end
+            ):
+                calls_time = inside.setdefault(event.name, [0, 0.0])
+                calls_time[0] += 1
+                calls_time[1] += event.self_cpu_time_total
+                break
+    out = sys.stderr
+    print(
+        f"torch.profiler, {steps} gradsweep steps (profiled, so slower than the table): "
+        f"train step {per_step['train_step'] / 1e3:.2f} ms, of which GradientMonitor.step "
+        f"{per_step['GradientMonitor.step'] / 1e3:.2f} ms; inside it, by self CPU time:",
+        file=out,
+    )
+    print("| op | calls a step | self CPU a step (us) |", file=out)
+    print("| --- | ---: | ---: |", file=out)
+    python_time = per_step["GradientMonitor.step"]
+    for name, (calls, total) in sorted(inside.items(), key=lambda item: -item[1][1])[:10]:
+        print(f"| `{name}` | {calls / steps:.1f} | {total / steps:.0f} |", file=out)
+    python_time -= sum(total for _, total in inside.values()) / steps
+    print(f"| Python (the rest: building the row, sending it) | | {python_time:.0f} |", file=out)
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 
-def _stop_signals() -> list[signal.Signals]:
+def stop_signals() -> list[signal.Signals]:
     """SIGTERM, and the signal submitit uses for preemption (SIGUSR2 unless overridden)."""
     signals = [signal.SIGTERM]
     name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "SIGUSR2")
@@ -35,7 +35,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in _stop_signals():
+        for sig in stop_signals():
             try:
                 self._previous[sig] = signal.signal(sig, self._record)
             except ValueError:  # not the main thread (e.g. a joblib worker thread)

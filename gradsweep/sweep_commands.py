@@ -1,6 +1,6 @@
 """The `gradsweep sweep`, `summarize` and `report` subcommands (registered by cli.py).
 
-gradsweep sweep conf/sweep_ladder.yaml --workers 2      # the sweep, no W&B server needed
+gradsweep sweep conf/sweep_ladder.yaml                  # the sweep, no W&B server needed
 gradsweep summarize multirun/fix_ladder --format md     # which change cured the vanishing
 gradsweep report --entity E --project P --group fix_ladder --dry-run
 
@@ -34,7 +34,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="a Hydra override added to every run's command, e.g. -o data.root=/data "
         "(repeatable; not a sweep parameter)",
     )
-    sweep.add_argument("--workers", type=int, default=1, help="jobs at once (default 1)")
+    sweep.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N|auto",
+        help="jobs at once (default auto: one per GPU, else one per CPU core, at most 8)",
+    )
     sweep.add_argument("--count", type=int, help="start at most this many runs")
     sweep.add_argument("--dir", type=Path, help="the sweep's folder (default multirun/NAME)")
     sweep.add_argument(
@@ -71,6 +77,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="build it with no server and print its structure"
     )
     report.set_defaults(run=_report)
+
+
+def _workers(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of jobs, or auto") from None
 
 
 def _sweep(args: argparse.Namespace) -> int:

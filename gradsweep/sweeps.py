@@ -54,6 +54,8 @@ RECORD = "sweep_run.json"
 CONSOLE = "console.log"
 FINISHED, FAILED, RUNNING, INTERRUPTED = "finished", "failed", "running", "interrupted"
 POLL_S = 0.2
+# The most jobs `--workers auto` runs at once on a machine without GPUs.
+MAX_AUTO_WORKERS = 8
 # After an interrupt: how long running jobs get to checkpoint and exit after SIGTERM.
 STOP_GRACE_S = 30.0
 # Characters that Hydra's override grammar would read as syntax in an unquoted value.
@@ -165,6 +167,19 @@ def worker_env(
     env.setdefault("WANDB_MODE", "offline")
     env["WANDB_RUN_GROUP"] = group
     return env
+
+
+def auto_workers(
+    env: Mapping[str, str], cpus: int | None = None, gpus: Sequence[str] | None = None
+) -> int:
+    """`--workers auto`, the default: one job per visible GPU; with none, one per CPU core
+    (each with one torch thread), at most MAX_AUTO_WORKERS, since each job holds its own copy
+    of the data. Sweep runs are small: several single-threaded jobs finish a grid sooner than
+    one job spread over every core (bench/sweep_throughput.py)."""
+    gpus = list(gpus) if gpus is not None else visible_gpus(env)
+    if gpus:
+        return len(gpus)
+    return max(1, min(cpus if cpus is not None else available_cpus(), MAX_AUTO_WORKERS))
 
 
 def available_cpus() -> int:
@@ -481,15 +496,17 @@ def run_sweep(
     definition: SweepDefinition,
     sweep_dir: Path | None = None,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     count: int | None = None,
     overrides: Sequence[str] = (),
     dry_run: bool = False,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> SweepOutcome:
-    """Run (or with dry_run, print) the sweep's remaining runs in sweep_dir."""
+    """Run (or with dry_run, print) the sweep's remaining runs in sweep_dir, `workers` at a
+    time (None: `auto_workers`)."""
     sweep_dir = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(definition)
+    workers = workers if workers is not None else auto_workers(os.environ)
     runner = SweepRunner(
         definition, sweep_dir, workers=workers, count=count, overrides=overrides, stderr=stderr
     )

@@ -21,7 +21,7 @@ one pickled tuple a message, and reads replies the same way:
     ("log", metrics, step)
     ("images", {key: png path}, step)
     ("table", key, columns, rows, step)
-    ("config", values)   ("summary", values)
+    ("summary", values)
     ("flush",)                                       ("flushed",)
     ("finish", exit_code)                            ("finished",)
                                                      ("error", message): a call failed
@@ -30,7 +30,8 @@ Messages are handled in the order sent, so no row is reordered. After a failed c
 writer drops what follows (the parent raises at its next call) but still finishes the run.
 If the parent dies (end of file on FD) the writer finishes the run with exit code 1 and
 every row it received is kept. Ctrl-C and SIGTERM reach the whole process group; the
-writer ignores them and ends when its parent says so or is gone.
+writer ignores them (and SLURM's preemption signal, SIGUSR2 by default) and ends when its
+parent says so or is gone.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gradsweep.signals import stop_signals
+
 # Seconds a TCP connection to the W&B server may take before auto mode gives up on it. DNS
 # failures and refused connections answer at once; this bounds a silent network.
 PROBE_TIMEOUT_S = 2.0
@@ -69,8 +72,10 @@ def main(argv: list[str]) -> int:
     # Not passed on to wandb-core: the parent must see end of file when this process dies.
     os.set_inheritable(fd, False)
     conn = Connection(fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C, SIGTERM and SLURM's preemption signal reach every process of the job; the
+    # training process answers them with a checkpoint and then ends this run itself.
+    for stop in (signal.SIGINT, *stop_signals()):
+        signal.signal(stop, signal.SIG_IGN)
     if niceness:
         os.nice(niceness)
     import wandb
@@ -131,8 +136,6 @@ def serve(conn: Connection, run: Any) -> int:
             elif kind == "table":
                 key, columns, rows, step = args
                 run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
-            elif kind == "config":
-                run.config.update(args[0], allow_val_change=True)
             elif kind == "summary":
                 run.summary.update(str_keys(args[0]))
             else:

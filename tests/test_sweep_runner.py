@@ -17,8 +17,10 @@ from gradsweep.sweep_definition import SweepError, load_definition
 from gradsweep.sweeps import (
     FINISHED,
     INTERRUPTED,
+    MAX_AUTO_WORKERS,
     RunRecord,
     SweepRunner,
+    auto_workers,
     hydra_value,
     load_records,
     run_sweep,
@@ -67,6 +69,14 @@ def test_worker_env_splits_threads_and_gpus_and_sets_the_group() -> None:
     assert capped["OMP_NUM_THREADS"] == "2"
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_auto_workers_is_one_job_per_gpu_else_per_core_capped() -> None:
+    assert auto_workers({}, cpus=2, gpus=[]) == 2
+    assert auto_workers({}, cpus=64, gpus=[]) == MAX_AUTO_WORKERS
+    assert auto_workers({}, cpus=64, gpus=["0", "1", "2", "3"]) == 4
+    assert auto_workers({"CUDA_VISIBLE_DEVICES": "5"}, cpus=1) == 1
+    assert auto_workers({"CUDA_VISIBLE_DEVICES": ""}, cpus=3) == 3
 
 
 @pytest.mark.parametrize("path", ["/tmp/plain/0001", "/tmp/a b/x,y=z/0001", "/tmp/it's"])

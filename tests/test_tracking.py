@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -363,3 +364,20 @@ def test_a_failed_wandb_call_is_raised_and_the_run_still_ends(tmp_path: Path) ->
         time.sleep(0.2)
     assert run.exit_code == 1
     assert [row["train/loss"] for row in run.history] == [1]
+
+
+def test_the_writer_outlives_stop_signals_sent_to_the_whole_job(tmp_path: Path) -> None:
+    # SLURM signals every process of a job (SIGTERM, and SIGUSR2 before preemption): the
+    # writer stays, so the training process can checkpoint and then end the run itself.
+    tracker = start_tracking(logger_cfg(), {}, tmp_path / "run")
+    assert tracker.mode == "offline"
+    writer = tracker._writer.process
+    for stop in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        writer.send_signal(stop)
+    tracker.log({"train/loss": 1.0}, step=0)
+    tracker.flush()
+    assert writer.poll() is None
+    tracker.finish()
+
+    run = read_run(tmp_path / "run")
+    assert run.exit_code == 0 and len(run.history) == 1
