@@ -112,8 +112,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     tracker = start_tracking(cfg.logger, record, run_dir, run_id=run_id)
     try:
         result = _train(cfg, run_dir, device, data, saved, tracker)
-    except BaseException:
-        tracker.finish(exit_code=1)  # the history logged so far stays, marked failed
+    except BaseException as error:
+        try:
+            tracker.finish(exit_code=1)  # the history logged so far stays, marked failed
+        except Exception as wandb_error:  # the run's own error is the one to raise
+            error.add_note(f"and ending its W&B run failed too: {wandb_error}")
         raise
     # A run stopped by NaN/inf is recorded in full, and marked failed in W&B.
     tracker.finish(exit_code=0 if result.non_finite_step is None else 1)

@@ -192,3 +192,18 @@ def make_model_params(cfg) -> list:
 def test_bf16_autocast_and_compile_switches_train(make_cfg, tmp_path, switch) -> None:
     summary = run(make_cfg, tmp_path, "activation=relu", "init=kaiming", switch, max_steps=6)
     assert summary["steps"] == 6 and summary["diagnosis/verdict"] != "non_finite"
+
+
+def test_a_model_that_cannot_be_built_ends_its_wandb_run_as_failed(
+    make_cfg, tmp_path, no_wandb_credentials
+) -> None:
+    # The W&B run starts once the data is loaded, beside the model build: a build that fails
+    # leaves a run marked failed, not one left open.
+    from gradsweep.wandb_records import read_run
+
+    cfg = make_cfg("logger=wandb", "model=custom", "model._target_=examples.no_such.Net")
+    with pytest.raises(Exception, match="no_such"):
+        train(cfg, run_dir=tmp_path)
+    run = read_run(tmp_path)
+    assert run.exit_code == 1 and run.history == []
+    assert not (tmp_path / "summary.json").exists()
