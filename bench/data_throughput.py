@@ -49,18 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gradsweep.data import Batches, Data, load_data
 
 BATCH = 128
-CIFAR_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 
 
 def endless(make: Callable[[], Iterator]) -> Iterator:
@@ -111,20 +99,23 @@ def mnist_loaders(root: str) -> dict[str, Iterator]:
     }
 
 
-def decode_pngs(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every <class>/*.png under folder as uint8 (N, 32, 32, 3) and int labels, file order."""
+def decode_pngs(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every <class>/*.png under folder as uint8 (N, 32, 32, 3), int labels (file order) and
+    the class names: the sub-folders in sorted order, which for CIFAR-10 is its label order
+    (and ImageFolder's)."""
     from PIL import Image
 
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
     images, labels = [], []
-    for label, name in enumerate(CIFAR_CLASSES):
+    for label, name in enumerate(classes):
         for path in sorted((folder / name).glob("*.png")):
             with Image.open(path) as image:
                 images.append(np.asarray(image.convert("RGB")))
             labels.append(label)
-    return np.stack(images), np.array(labels)
+    return np.stack(images), np.array(labels), classes
 
 
-def cifar10_root(images: np.ndarray, labels: np.ndarray, root: Path) -> Path:
+def cifar10_root(images: np.ndarray, labels: np.ndarray, classes: list[str], root: Path) -> Path:
     """The images as torchvision's cifar-10-batches-py/ (5 training batches and a test batch)."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -135,7 +126,7 @@ def cifar10_root(images: np.ndarray, labels: np.ndarray, root: Path) -> Path:
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     batch = {"data": planes, "labels": labels.tolist()}
     (folder / "test_batch").write_bytes(pickle.dumps(batch))
-    meta = {"label_names": list(CIFAR_CLASSES)}
+    meta = {"label_names": classes}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
     return root
 
@@ -151,8 +142,8 @@ def cifar_loaders(png_folder: Path, tmp: Path) -> dict[str, Iterator]:
         test_list = [[name, None] for name, _ in CIFAR10.test_list]  # noqa: RUF012
         meta = {**CIFAR10.meta, "md5": None}  # noqa: RUF012
 
-    images, labels = decode_pngs(png_folder)
-    root = cifar10_root(images, labels, tmp)
+    images, labels, classes = decode_pngs(png_folder)
+    root = cifar10_root(images, labels, classes, tmp)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     std, mean = torch.std_mean(x, dim=(0, 2, 3), keepdim=True)
     x = x.sub_(mean).div_(std).contiguous()

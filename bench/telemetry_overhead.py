@@ -66,7 +66,7 @@ def offline_tracker(run_dir: Path, name: str, niceness: int):
     return tracker
 
 
-def in_process_run(run_dir: Path, name: str):
+def in_process_run(run_dir: Path, name: str, reinit: str):
     """A wandb run in this process, as a user's own script would open it."""
     import wandb
 
@@ -76,8 +76,7 @@ def in_process_run(run_dir: Path, name: str):
         dir=run_dir / name,
         project="gradsweep-bench",
         name=name,
-        # Beside the other in-process run (wandb.watch's) rather than in place of it.
-        reinit="create_new",
+        reinit=reinit,
         settings=wandb.Settings(silent=True, console="off"),
     )
 
@@ -104,21 +103,14 @@ class Variant:
             )
         elif name == "wandb.log":
             # A wandb Run has the log(metrics, step=) a GradientMonitor tracker needs.
-            self.tracker = in_process_run(run_dir, "wandb.log")
+            # Beside the other in-process run (wandb.watch's) rather than in place of it.
+            self.tracker = in_process_run(run_dir, "wandb.log", reinit="create_new")
             self.monitor = GradientMonitor(self.model, sample, clipping, tracker=self.tracker)
         elif name == "no-wandb":
             self.monitor = GradientMonitor(self.model, sample, clipping)
         elif name == "wandb.watch":
-            import wandb
-
             # The global run (wandb.watch logs through it), made before the other in-process one.
-            (run_dir / name).mkdir()
-            self.run = wandb.init(
-                mode="offline",
-                dir=run_dir / name,
-                project="gradsweep-bench",
-                settings=wandb.Settings(silent=True, console="off"),
-            )
+            self.run = in_process_run(run_dir, name, reinit="default")
             self.run.watch(self.model, log="gradients", log_freq=1)
         self.named = list(self.model.named_parameters())
 

@@ -334,20 +334,20 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True)
     assert result.returncode == -9, result.stderr.decode()
-    deadline = time.monotonic() + 60
-    while (run := read_run_if_ended(run_dir)) is None:
-        assert time.monotonic() < deadline, "the writer never ended the run"
-        time.sleep(0.2)
+    run = ended_run(run_dir)
     assert run.exit_code == 1
     assert [row["train/loss"] for row in run.history] == list(range(500))
 
 
-def read_run_if_ended(run_dir: Path):
-    """The run in run_dir once its exit record is written, else None."""
-    if not find_runs(run_dir):
-        return None
-    run = read_run(run_dir)
-    return run if run.exit_code is not None else None
+def ended_run(run_dir: Path, timeout: float = 60):
+    """The run in run_dir once the writer has written its exit record (the writer ends the
+    run on its own after the training process is gone, so this polls)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if find_runs(run_dir) and (run := read_run(run_dir)).exit_code is not None:
+            return run
+        assert time.monotonic() < deadline, "the writer never ended the run"
+        time.sleep(0.2)
 
 
 def test_a_failed_wandb_call_is_raised_and_the_run_still_ends(tmp_path: Path) -> None:
@@ -358,10 +358,7 @@ def test_a_failed_wandb_call_is_raised_and_the_run_still_ends(tmp_path: Path) ->
         tracker.flush()
     tracker.finish(exit_code=1)  # already ended: nothing more happens
 
-    deadline = time.monotonic() + 60
-    while (run := read_run_if_ended(tmp_path / "run")) is None:
-        assert time.monotonic() < deadline, "the writer never ended the run"
-        time.sleep(0.2)
+    run = ended_run(tmp_path / "run")
     assert run.exit_code == 1
     assert [row["train/loss"] for row in run.history] == [1]
 
