@@ -18,6 +18,7 @@ laptop with no key or no network never crashes nor waits wandb's default ~100 s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -109,25 +110,34 @@ class WriterProcess:
     def __init__(self, niceness: int = 0) -> None:
         ours, theirs = socket.socketpair()
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+        # The writer takes rows in bursts; a byte here wakes it for a call that waits for it.
+        self._bell, bell_theirs = socket.socketpair()
+        self._bell.setblocking(False)
         # The package's own folder first on the path: the writer imports the same gradsweep.
         package_root = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        fds = (theirs.fileno(), bell_theirs.fileno())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gradsweep.wandb_writer", str(theirs.fileno()), str(niceness)],
-            pass_fds=(theirs.fileno(),),
+            [sys.executable, "-m", "gradsweep.wandb_writer", *map(str, fds), str(niceness)],
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": path},
         )
         theirs.close()
+        bell_theirs.close()
         self.niceness = niceness
         self._conn = Connection(ours.detach())
         # Registered once: a poll(0) on it costs a few microseconds, Connection.poll() tens.
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: tuple, wake: bool = False) -> None:
+        """Send `message`; `wake` when the caller is about to wait for the writer's reply."""
         try:
             self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            if wake:
+                with contextlib.suppress(BlockingIOError):  # full: it rings already
+                    self._bell.send(b"!")
         except OSError as error:  # BrokenPipeError, ConnectionResetError
             raise self.died() from error
 
@@ -149,6 +159,7 @@ class WriterProcess:
     def close(self) -> None:
         """Hang up and wait for the writer to exit (it finishes its run first)."""
         self._conn.close()
+        self._bell.close()
         self.process.wait()
 
 
@@ -243,7 +254,7 @@ class WandbTracker:
     def flush(self) -> None:
         """Wait until wandb has every row logged so far (before a checkpoint is written)."""
         if not self._finished:
-            self._send(("flush",))
+            self._send(("flush",), wake=True)
             self._wait_for("flushed")
 
     def finish(self, exit_code: int = 0) -> None:
@@ -253,17 +264,17 @@ class WandbTracker:
             return
         self._finished = True
         try:
-            self._writer.send(("finish", exit_code))
+            self._writer.send(("finish", exit_code), wake=True)
             self._wait_for("finished")
         finally:
             self._writer.close()
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: tuple, wake: bool = False) -> None:
         if self._finished:
             raise RuntimeError("the W&B run is finished")
         while self._writer.has_message():  # the start of the run, or a failed call
             self._handle(self._writer.receive())
-        self._writer.send(message)
+        self._writer.send(message, wake)
 
     def _wait_for(self, kind: str) -> None:
         while (message := self._writer.receive())[0] != kind:
