@@ -36,26 +36,26 @@ class ClipStats:
         return self.hits / self.steps if self.steps else 0.0
 
 
-class HostTransfer:
-    """Brings one device vector per step to the host, without stalling a GPU.
+class LaggedTransfer:
+    """Brings one device vector per step to the host without making the host wait for it.
 
-    On CUDA the copy goes to pinned memory asynchronously and is read one step
-    later, when it has long finished: `push` returns the previous step's values. On
-    the CPU there is nothing to overlap and `push` returns the current values.
+    On CUDA the copy goes to pinned memory asynchronously and is read one step later, when
+    it has long finished: `push` returns the previous step's values. Elsewhere (the CPU,
+    where tests run this path) the values are kept as they are and read a step later too.
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.lagged = device.type == "cuda"
+        self.cuda = device.type == "cuda"
         self._pending: tuple[object, torch.Tensor, object] | None = None
 
     def push(self, tag: object, values: torch.Tensor) -> tuple[object, list[float]] | None:
-        """Start moving `values`; return the (tag, values) pair that is ready, if any."""
-        if not self.lagged:
-            return tag, values.tolist()  # host sync: the step's one transfer
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        """Start moving `values`; return the previous (tag, values) pair, if any."""
+        host, event = values, None
+        if self.cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
         ready, self._pending = self.flush(), (tag, host, event)
         return ready
 
@@ -65,8 +65,17 @@ class HostTransfer:
             return None
         tag, host, event = self._pending
         self._pending = None
-        event.synchronize()  # host sync, on a copy issued a step ago
+        if event is not None:
+            event.synchronize()  # host sync, on a copy issued a step ago
         return tag, host.tolist()
+
+
+def global_norm(norms: list[float], missing: tuple[int, ...]) -> float:
+    """The L2 norm of all gradients, from their norms; those missing take no part."""
+    if missing:
+        absent = set(missing)
+        norms = [n for i, n in enumerate(norms) if i not in absent]
+    return math.sqrt(math.fsum(n * n for n in norms))
 
 
 class GradientMonitor:
@@ -74,7 +83,11 @@ class GradientMonitor:
 
     `sample` is a batch the model accepts; one forward pass of it (eval mode, no
     grad) finds the weight layers in forward order. `tracker` is anything with a
-    `log(metrics, step)` method (gradsweep.tracking), or None.
+    `log(metrics, step)` method (gradsweep.tracking), or None. `sync_free` (default: on
+    CUDA) keeps the host from ever waiting for the device: clipping is decided on the
+    device and each step's values are read a step later. Elsewhere the host reads them at
+    once and decides clipping itself, which spares the device work on steps that do not
+    clip.
     """
 
     def __init__(
@@ -87,13 +100,20 @@ class GradientMonitor:
         window: int = 50,
         thresholds: Thresholds | None = None,
         tracker=None,
+        sync_free: bool | None = None,
     ) -> None:
         self.layers = weight_layers(model, sample)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no Linear or conv layer to monitor")
         self.clipping = clipping or Clipping()
+        if sync_free is None:
+            sync_free = next(model.parameters()).device.type == "cuda"
         self.telemetry = GradientTelemetry(
-            model, select_params(model, params, self.layers), self.layers, self.clipping
+            model,
+            select_params(model, params, self.layers),
+            self.layers,
+            self.clipping,
+            sync_free=sync_free,
         )
         self.log_every_n_steps = log_every_n_steps
         self.thresholds = thresholds or Thresholds()
@@ -109,13 +129,12 @@ class GradientMonitor:
         self._totals: deque[float] = deque(maxlen=window)
 
         device = next(model.parameters()).device
-        self._transfer = HostTransfer(device)
-        # Clip hits, counted on the device so that unlogged steps need no sync; steps on the host.
-        self._clip_hits = torch.zeros(1, device=device)
-        self._clip_steps = 0
-        self._no_accuracy = torch.full((1,), math.nan, device=device)
+        self._no_accuracy = torch.full((), math.nan, device=device)
+        self._transfer = LaggedTransfer(device)
         self._extra: dict[int, dict[str, float]] = {}
         self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged]
+        # Position among all parameters -> key, for the logged ones.
+        self._key_at = dict(zip(self.telemetry.logged_index, self._grad_keys, strict=True))
 
     def step(
         self,
@@ -127,54 +146,70 @@ class GradientMonitor:
         """Measure (and clip) the gradients now in `.grad`, then log the step's row.
 
         Call after `backward()` and before `optimizer.step()`. Clipping happens on
-        every step; the norms come to the host and are logged every
-        `log_every_n_steps` steps, and on any step with `extra` (e.g. validation
-        metrics, which join the same row). Returns the row logged now, if any: on
-        CUDA a row is logged one step late, so the GPU never waits for the host.
+        every step; the norms are logged every `log_every_n_steps` steps, and on any
+        step with `extra` (e.g. validation metrics, which join the same row). Returns
+        the row logged now, if any: when `sync_free`, a row is logged one step late.
         """
         step = self.steps if step is None else step
         self.steps = step + 1
-        measured = self.telemetry.measure()
-        if measured.hit is not None:
-            self._clip_hits += measured.hit
-            self._clip_steps += 1
-        if step % self.log_every_n_steps and not extra:
-            return None
+        logged = step % self.log_every_n_steps == 0 or bool(extra)
+        if not logged and self.clipping.name == "none":
+            return None  # nothing to measure, nothing to clip
         if extra:
             self._extra[step] = extra
-        accuracy = self._no_accuracy if accuracy is None else accuracy.detach().reshape(1)
-        # [loss, accuracy, every parameter's norm..., total norm, clip flag, clip hits so far]
-        parts = [loss.detach().reshape(1), accuracy, measured.norms, measured.total.reshape(1)]
-        if measured.hit is not None:
-            parts += [measured.hit.reshape(1), self._clip_hits]
-        values = torch.cat([part.float() for part in parts])
-        ready = self._transfer.push((step, self.telemetry.missing, self._clip_steps), values)
-        return self._emit(*ready) if ready else None
+        telemetry = self.telemetry
+        norms = telemetry.norms()
+        accuracy = self._no_accuracy if accuracy is None else accuracy
+        head = [t if t.dim() == 0 else t.reshape(()) for t in (loss, accuracy)]
+        tag = (step, telemetry.missing, logged)
+        if telemetry.sync_free:
+            statistic = telemetry.clip(norms)
+            with torch.no_grad():  # [loss, accuracy, every parameter's norm, statistic]
+                values = torch.stack([*head, *norms, *([] if statistic is None else [statistic])])
+            ready = self._transfer.push(tag, values.float())
+            return self._record(*ready) if ready else None
+        with torch.no_grad():
+            values = torch.stack([*head, *norms]).tolist()  # host sync: the step's one transfer
+        total = global_norm(values[2:], telemetry.missing)
+        statistic = telemetry.clip(norms, total)  # the host decides, knowing the total
+        return self._record(tag, values + ([] if statistic is None else [statistic]), total)
 
     def flush(self) -> dict[str, float] | None:
-        """Log the row still in flight (CUDA only); call once after the last step."""
+        """Log the row still in flight (`sync_free` only); call once after the last step."""
         ready = self._transfer.flush()
-        return self._emit(*ready) if ready else None
+        return self._record(*ready) if ready else None
 
-    def _emit(self, tag: tuple[int, tuple[int, ...], int], values: list[float]) -> dict[str, float]:
-        (step, missing, clip_steps), (loss, accuracy, *rest) = tag, values
-        norms, total = rest[: len(self.telemetry.params)], rest[len(self.telemetry.params)]
+    def _record(
+        self,
+        tag: tuple[int, tuple[int, ...], bool],
+        values: list[float],
+        total: float | None = None,
+    ) -> dict[str, float] | None:
+        """Count the step's clip, and log its row if it is a logged step."""
+        (step, missing, logged), (loss, accuracy, *rest) = tag, values
+        count = len(self.telemetry.params)
+        norms = rest[:count]
+        total = global_norm(norms, missing) if total is None else total
+        clipping = self.clipping.name != "none"
+        if clipping:
+            hit = rest[count] > self.telemetry.limit
+            self.clip = ClipStats(steps=self.clip.steps + 1, hits=self.clip.hits + hit)
+        if not logged:
+            return None
         row = {"train/loss": loss}
         if not math.isnan(accuracy):
             row["train/acc"] = accuracy
-        logged = [norms[i] for i in self.telemetry.logged_index]
-        row.update(zip(self._grad_keys, logged, strict=True))
+        logged_norms = [norms[i] for i in self.telemetry.logged_index]
+        row.update(zip(self._grad_keys, logged_norms, strict=True))
         for position in missing:  # no gradient this step: nothing to log for it
-            del row[self._grad_keys[position]]
+            row.pop(self._key_at.get(position), None)
         row["grad_norm/total"] = total
         layer_norms = [norms[i] for i in self.telemetry.layer_index]
         row["grad_flow/first"] = layer_norms[0]
         row["grad_flow/last"] = layer_norms[-1]
         row["grad_flow/log10_ratio"] = log10_ratio(layer_norms[0], layer_norms[-1])
-        if self.clipping.name != "none":
-            hit, hits = rest[-2:]
-            self.clip = ClipStats(steps=clip_steps, hits=round(hits))
-            row["clip/hit"] = hit
+        if clipping:
+            row["clip/hit"] = float(hit)
             row["clip/hit_rate"] = self.clip.hit_rate
         row.update(self._extra.pop(step, {}))
 
@@ -196,8 +231,6 @@ class GradientMonitor:
         self.flush()
         return {
             "steps": self.steps,
-            "clip_hits": self._clip_hits.cpu(),
-            "clip_steps": self._clip_steps,
             "clip": (self.clip.steps, self.clip.hits),
             "layer_history": torch.tensor(self.layer_history, dtype=torch.float64),
             "steps_measured": list(self.steps_measured),
@@ -207,8 +240,6 @@ class GradientMonitor:
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]
-        self._clip_hits.copy_(state["clip_hits"])
-        self._clip_steps = state["clip_steps"]
         self.clip = ClipStats(*state["clip"])
         self.layer_history = state["layer_history"].tolist()
         self.steps_measured = list(state["steps_measured"])

@@ -1,16 +1,17 @@
 """Per-layer gradient norms and gradient clipping, fused into one pass per step.
 
 After `backward()`, every gradient's L2 norm comes from a single fused kernel
-(`torch._foreach_norm`), and the global norm and the clipping coefficient are derived
-from those norms on the device. gradsweep.monitor stacks them with the step's other
-scalars (loss, accuracy, the clip flag) into one vector that crosses to the host once.
+(`torch._foreach_norm`). gradsweep.monitor stacks them with the step's other scalars
+(loss, accuracy, the clipping statistic) into one vector that crosses to the host once; the
+host derives the global norm, the clip flag and the counts from it. Clipping with the
+2-norm reuses the norms: no second pass over the gradients, as clip_grad_norm_ makes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -50,23 +51,23 @@ def select_params(model: nn.Module, spec: str, weight_layer_names: list[str]) ->
     return chosen
 
 
-class Measurement(NamedTuple):
-    """One step's gradient measurement, as device tensors (no host sync made)."""
-
-    norms: torch.Tensor  # every trainable parameter's gradient L2 norm; NaN: no gradient
-    total: torch.Tensor  # the global L2 norm, over the parameters that have a gradient
-    hit: torch.Tensor | None  # 1.0 if clipping changed the gradients, else 0.0; None: no clipping
-
-
 class GradientTelemetry:
     """Gradient norms of every trainable parameter, and clipping, on the device.
 
-    `measure()` is called between `backward()` and `optimizer.step()`. The norms are in
-    `named_parameters()` order; `logged_index` and `layer_index` say where the logged
-    parameters and the weight layers' weights sit among them, so that the host picks them
-    out of the transferred values rather than the device spending ops on it. Parameters
-    without a gradient this step read as NaN, take no part in the global norm, and are
-    listed in `missing` (positions in `logged`).
+    Called between `backward()` and `optimizer.step()`: `norms()` gives every gradient's
+    L2 norm as device scalars, in `named_parameters()` order, from one fused kernel; then
+    `clip` clips the gradients. `logged_index` and `layer_index` say where the logged
+    parameters and the weight layers' weights sit among the norms, so that the host picks
+    them out of the transferred values rather than the device spending ops on it.
+    Parameters without a gradient this step read as NaN and take no part in the global
+    norm; `missing` lists their positions.
+
+    Clipping is decided on a statistic, and clips when it exceeds its limit: the global
+    norm (`clipping=norm`; with `norm_type` 2 it comes from the norms) or the largest |g|
+    (`clipping=value`). Where the host may wait for the device (the CPU, whose values are
+    already there), the host decides, and the device works only on a step that clips. Where
+    it must not (CUDA: `sync_free`), the device clips on every step, with a coefficient of
+    at most 1, and the statistic travels to the host with the norms.
     """
 
     def __init__(
@@ -75,64 +76,90 @@ class GradientTelemetry:
         logged: list[str],
         weight_layers: list[str],
         clipping: Clipping,
+        sync_free: bool = False,
     ) -> None:
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         index = {name: i for i, (name, _) in enumerate(trainable)}
         self.params = [p for _, p in trainable]
         self.logged = logged
         self.clipping = clipping
+        self.sync_free = sync_free
         self.logged_index = [index[name] for name in logged]
         self.layer_index = [index[f"{n}.weight"] for n in weight_layers]
         self.missing: tuple[int, ...] = ()
+        self._grads: list[torch.Tensor] = []
+        self._no_gradient: torch.Tensor | None = None
 
-    def measure(self) -> Measurement:
-        """Norms (and clipping) for the gradients now in `.grad`."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            raise RuntimeError("no parameter has a gradient: call backward() before measure()")
-
-        # The one fused pass: every gradient's L2 norm at once.
-        norms = torch.stack(torch._foreach_norm(grads, 2.0))
-        total = torch.linalg.vector_norm(norms, 2.0)
-        self.missing = ()
-        if len(grads) < len(self.params):  # rare: unused parameters read as NaN
-            present = [i for i, p in enumerate(self.params) if p.grad is not None]
-            full = norms.new_full((len(self.params),), float("nan"))
-            full[torch.tensor(present, device=norms.device)] = norms
-            norms = full
-            have = set(present)
-            self.missing = tuple(k for k, i in enumerate(self.logged_index) if i not in have)
-
-        hit = None
-        if self.clipping.name == "norm":
-            hit = self._clip_norm(grads, total)
-        elif self.clipping.name == "value":
-            hit = self._clip_value(grads)
-        return Measurement(norms, total, hit)
-
-    def _clip_norm(self, grads: list[torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+    @property
+    def limit(self) -> float:
+        """The clipping statistic's limit: clipping.max_norm, or clipping.clip_value."""
         clip = self.clipping
-        if clip.norm_type == 2.0:
-            clip_total = total  # reuse the norms: no second pass over the gradients
-        elif clip.norm_type == float("inf"):
-            clip_total = torch.stack(torch._foreach_norm(grads, float("inf"))).max()
-        else:
-            clip_total = torch.linalg.vector_norm(
-                torch.stack(torch._foreach_norm(grads, clip.norm_type)), clip.norm_type
-            )
-        hit = clip_total > clip.max_norm
-        # On an accelerator the coefficient is computed and applied on the device: scaling
-        # by 1.0 when under the limit costs one fused multiply and saves a host branch,
-        # which would be a sync. On the CPU reading the flag costs nothing, and skipping
-        # the multiply saves a pass over every gradient.
-        if clip_total.device.type != "cpu" or hit:
-            coef = (clip.max_norm / (clip_total + 1e-6)).clamp(max=1.0)
-            torch._foreach_mul_(grads, coef)
-        return hit.to(total.dtype)
+        return clip.clip_value if clip.name == "value" else clip.max_norm
 
-    def _clip_value(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        limit = self.clipping.clip_value
-        largest = torch.stack(torch._foreach_norm(grads, float("inf"))).max()
-        torch._foreach_clamp_min_(grads, -limit)
-        torch._foreach_clamp_max_(grads, limit)
-        return (largest > limit).float()
+    def norms(self) -> list[torch.Tensor]:
+        """Every trainable parameter's gradient norm, as 0-d device tensors (no host sync)."""
+        self._grads = [g for p in self.params if (g := p.grad) is not None]
+        if not self._grads:
+            raise RuntimeError("no parameter has a gradient: call backward() before norms()")
+        # The one fused pass: every gradient's L2 norm at once.
+        norms = list(torch._foreach_norm(self._grads, 2.0))
+        self.missing = ()
+        if len(self._grads) < len(self.params):  # rare: unused parameters read as NaN
+            if self._no_gradient is None:
+                self._no_gradient = torch.tensor(math.nan, device=norms[0].device)
+            self.missing = tuple(i for i, p in enumerate(self.params) if p.grad is None)
+            for i in self.missing:
+                norms.insert(i, self._no_gradient)
+        return norms
+
+    def clip(
+        self, norms: list[torch.Tensor], total: float | None = None
+    ) -> float | torch.Tensor | None:
+        """Clip the gradients whose `norms` were just taken; returns the clipping statistic
+        (None without clipping), which exceeds `limit` on a step that clips.
+
+        Host decides (`sync_free` False): the statistic is a float, and `total`, the global
+        norm the host computed from the norms, is used for it where it fits. Device decides:
+        the statistic is a 0-d device tensor, to travel with the norms to the host.
+        """
+        clip = self.clipping
+        if clip.name == "none":
+            return None
+        if total is not None and clip.name == "norm" and clip.norm_type == 2.0:
+            statistic: float | torch.Tensor = total
+        else:
+            statistic = self._statistic(norms)
+        if self.sync_free:
+            self._apply(statistic)  # on every step: a host branch would be a sync
+            return statistic
+        if isinstance(statistic, torch.Tensor):
+            statistic = statistic.item()  # host sync: free on the CPU, where it is made
+        if statistic > self.limit:
+            self._apply(statistic)
+        return statistic
+
+    def _statistic(self, norms: list[torch.Tensor]) -> torch.Tensor:
+        """The clipping statistic, on the device."""
+        clip, grads = self.clipping, self._grads
+        if clip.name == "value" or clip.norm_type == math.inf:
+            return torch.stack(torch._foreach_norm(grads, math.inf)).max()
+        if clip.norm_type == 2.0:  # reuses the norms: no second pass over the gradients
+            missing = set(self.missing)
+            present = [n for i, n in enumerate(norms) if i not in missing]
+            return torch.linalg.vector_norm(torch.stack(present), 2.0)
+        return torch.linalg.vector_norm(
+            torch.stack(torch._foreach_norm(grads, clip.norm_type)), clip.norm_type
+        )
+
+    def _apply(self, statistic: float | torch.Tensor) -> None:
+        """Clip. On the device's branchless path this runs on steps under the limit too,
+        where clamping to the limit, or a coefficient clamped to 1, changes nothing."""
+        grads = self._grads
+        if self.clipping.name == "value":
+            torch._foreach_clamp_min_(grads, -self.limit)
+            torch._foreach_clamp_max_(grads, self.limit)
+            return
+        coefficient = self.limit / (statistic + 1e-6)  # as clip_grad_norm_ computes it
+        if isinstance(coefficient, torch.Tensor):
+            coefficient = coefficient.clamp(max=1.0)
+        torch._foreach_mul_(grads, coefficient)

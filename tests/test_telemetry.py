@@ -29,11 +29,25 @@ def backward(model: nn.Module, scale: float = 1.0, seed: int = 0) -> torch.Tenso
     return loss
 
 
-def test_fused_norms_equal_the_naive_loop() -> None:
-    model = small_model()
-    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8))
-    loss = backward(model)
+@pytest.fixture(params=[False, True], ids=["host-decides", "sync-free"])
+def sync_free(request: pytest.FixtureRequest) -> bool:
+    """Both ways a GradientMonitor works: the host reads each step's values at once and
+    decides clipping (the CPU's default), or never waits for the device (CUDA's default:
+    clipping decided on the device, values read a step late), run here on the CPU."""
+    return request.param
+
+
+def step_row(monitor: GradientMonitor, loss: torch.Tensor) -> dict[str, float] | None:
+    """This step's row, also when the monitor hands rows over a step late."""
     row = monitor.step(loss)
+    return monitor.flush() if monitor.telemetry.sync_free else row
+
+
+def test_fused_norms_equal_the_naive_loop(sync_free: bool) -> None:
+    model = small_model()
+    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), sync_free=sync_free)
+    loss = backward(model)
+    row = step_row(monitor, loss)
     # The seed's snippet: one .item() per parameter.
     for name, p in model.named_parameters():
         assert row[f"grad_norm/{name}"] == pytest.approx(p.grad.norm(2).item(), rel=1e-5)
@@ -45,7 +59,7 @@ def test_fused_norms_equal_the_naive_loop() -> None:
     assert row["grad_flow/log10_ratio"] == pytest.approx(math.log10(first / last), rel=1e-5)
 
 
-def test_parameters_without_gradient_are_skipped() -> None:
+def test_parameters_without_gradient_are_skipped(sync_free: bool) -> None:
     class WithUnused(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -56,20 +70,22 @@ def test_parameters_without_gradient_are_skipped() -> None:
             return self.net(x)
 
     model = WithUnused()
-    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8))
-    row = monitor.step(backward(model))
+    monitor = GradientMonitor(
+        model, torch.zeros(2, 1, 8, 8), Clipping("norm", max_norm=1e6), sync_free=sync_free
+    )
+    row = step_row(monitor, backward(model))
     assert "grad_norm/unused.weight" not in row and "grad_norm/unused.bias" not in row
     used = [p.grad.norm() for n, p in model.named_parameters() if not n.startswith("unused")]
     assert row["grad_norm/total"] == pytest.approx(torch.stack(used).norm().item(), rel=1e-5)
-    assert monitor.verdict().label != "non_finite"
+    assert row["clip/hit"] == 0.0 and monitor.verdict().label != "non_finite"
 
 
-def test_non_finite_gradients_are_reported() -> None:
+def test_non_finite_gradients_are_reported(sync_free: bool) -> None:
     model = small_model()
-    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8))
+    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), sync_free=sync_free)
     loss = backward(model)
     model[1].weight.grad[0, 0] = float("nan")
-    row = monitor.step(loss)
+    row = step_row(monitor, loss)
     assert math.isnan(row["grad_norm/1.weight"]) and math.isnan(row["grad_norm/total"])
     assert monitor.non_finite_step == 0
     assert monitor.verdict().label == "non_finite"
@@ -89,19 +105,41 @@ def test_weights_filter_and_regex_select_what_is_logged() -> None:
         GradientMonitor(model, torch.zeros(2, 1, 8, 8), params="nothing_like_this")
 
 
-def test_log_every_n_steps_still_clips_and_counts_every_step() -> None:
+def test_sync_free_rows_arrive_a_step_late_in_order() -> None:
+    class Rows(list):
+        def log(self, metrics: dict[str, float], step: int) -> None:
+            self.append((step, metrics["train/loss"]))
+
+    model, tracker = small_model(), Rows()
+    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), tracker=tracker, sync_free=True)
+    first = backward(model, seed=0)
+    assert monitor.step(first) is None  # still in flight
+    second = backward(model, seed=1)
+    assert monitor.step(second)["train/loss"] == pytest.approx(first.item())
+    assert monitor.flush()["train/loss"] == pytest.approx(second.item())
+    assert monitor.flush() is None
+    assert [step for step, _ in tracker] == [0, 1]
+
+
+def test_log_every_n_steps_still_clips_and_counts_every_step(sync_free: bool) -> None:
     model = small_model()
     monitor = GradientMonitor(
-        model, torch.zeros(2, 1, 8, 8), Clipping("norm", max_norm=1e-9), log_every_n_steps=3
+        model,
+        torch.zeros(2, 1, 8, 8),
+        Clipping("norm", max_norm=1e-9),
+        log_every_n_steps=3,
+        sync_free=sync_free,
     )
-    rows = [monitor.step(backward(model, seed=s)) for s in range(7)]
+    rows = [step_row(monitor, backward(model, seed=s)) for s in range(7)]
     assert [r is not None for r in rows] == [True, False, False, True, False, False, True]
     assert rows[-1]["clip/hit_rate"] == 1.0 and monitor.clip.steps == 7
 
 
-def test_norm_clipping_equals_clip_grad_norm_and_counts_hits() -> None:
+def test_norm_clipping_equals_clip_grad_norm_and_counts_hits(sync_free: bool) -> None:
     reference, model = small_model(), small_model()
-    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), Clipping("norm", max_norm=0.5))
+    monitor = GradientMonitor(
+        model, torch.zeros(2, 1, 8, 8), Clipping("norm", max_norm=0.5), sync_free=sync_free
+    )
     # A known schedule: loss scales that put the global norm above or below 0.5.
     scales = [10.0, 0.001, 10.0, 10.0, 0.001, 0.001, 10.0, 0.001]
     expected_hits = 0
@@ -109,7 +147,7 @@ def test_norm_clipping_equals_clip_grad_norm_and_counts_hits() -> None:
         backward(reference, scale, seed=step)
         total = nn.utils.clip_grad_norm_(reference.parameters(), max_norm=0.5)
         expected_hits += bool(total > 0.5)
-        row = monitor.step(backward(model, scale, seed=step))
+        row = step_row(monitor, backward(model, scale, seed=step))
         assert row["clip/hit"] == float(total > 0.5)
         assert row["grad_norm/total"] == pytest.approx(total.item(), rel=1e-5)  # before clipping
         for p, q in zip(model.parameters(), reference.parameters(), strict=True):
@@ -120,32 +158,35 @@ def test_norm_clipping_equals_clip_grad_norm_and_counts_hits() -> None:
 
 
 @pytest.mark.parametrize("norm_type", [1.0, float("inf")])
-def test_norm_clipping_with_other_norm_types(norm_type: float) -> None:
+def test_norm_clipping_with_other_norm_types(norm_type: float, sync_free: bool) -> None:
     reference, model = small_model(), small_model()
-    monitor = GradientMonitor(
-        model, torch.zeros(2, 1, 8, 8), Clipping("norm", max_norm=0.05, norm_type=norm_type)
-    )
+    clipping = Clipping("norm", max_norm=0.05, norm_type=norm_type)
+    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), clipping, sync_free=sync_free)
     backward(reference, 5.0)
     nn.utils.clip_grad_norm_(reference.parameters(), max_norm=0.05, norm_type=norm_type)
-    row = monitor.step(backward(model, 5.0))
+    row = step_row(monitor, backward(model, 5.0))
     assert row["clip/hit"] == 1.0
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
 
 
-def test_value_clipping_equals_clip_grad_value_and_flags_any_clipped_element() -> None:
+def test_value_clipping_equals_clip_grad_value_and_flags_any_clipped_element(
+    sync_free: bool,
+) -> None:
     reference, model = small_model(), small_model()
-    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), Clipping("value", clip_value=0.01))
+    clipping = Clipping("value", clip_value=0.01)
+    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), clipping, sync_free=sync_free)
     backward(reference)
     largest = max(p.grad.abs().max().item() for p in reference.parameters())
     nn.utils.clip_grad_value_(reference.parameters(), 0.01)
-    row = monitor.step(backward(model))
+    row = step_row(monitor, backward(model))
     assert row["clip/hit"] == float(largest > 0.01) == 1.0
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
     loose_model = small_model()
-    loose = GradientMonitor(loose_model, torch.zeros(2, 1, 8, 8), Clipping("value", clip_value=1e6))
-    assert loose.step(backward(loose_model))["clip/hit"] == 0.0
+    clipping = Clipping("value", clip_value=1e6)
+    loose = GradientMonitor(loose_model, torch.zeros(2, 1, 8, 8), clipping, sync_free=sync_free)
+    assert step_row(loose, backward(loose_model))["clip/hit"] == 0.0
 
 
 # --- the verdict on constructed cases ---------------------------------------------------
