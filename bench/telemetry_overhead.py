@@ -1,14 +1,17 @@
 """What per-step gradient telemetry costs, as ratios against the bare training step.
 
-    python bench/telemetry_overhead.py [--rounds 40] [--steps 5] [--threads N] [--profile]
+    python bench/telemetry_overhead.py [--rounds 20] [--steps 100] [--threads N] [--profile]
 
 The default 20-layer sigmoid MLP (784-256x20-10), batch 128, SGD, on the CPU. Every
-variant trains its own copy of the same model. Each round runs every variant for
-`--steps` steps, in a new random order each round, so machine noise and any variant's
-leftover background work hit them all alike. Reported per variant: the median step time,
-and its ratio to the bare loop as the median over rounds of (the variant's median step
-in the round) / (the bare loop's median step in the same round), with the quartiles of
-those per-round ratios.
+variant trains its own copy of the same model. Each round gives every variant a turn of
+`--steps` steps, in a new random order each round, so machine noise hits them all alike.
+A turn's figure is its mean step time, wall clock over the whole turn: gradsweep's W&B
+writer takes rows in bursts (wandb_writer.BATCH_S), so a per-step median would miss the
+steps a burst slows, and the turn ends with a flush of the writer, timed, so that its
+backlog is paid inside the turn instead of by the next variant's. Reported per variant:
+the mean step over all turns, and its ratio to the bare loop as the median over rounds
+of (the variant's turn) / (the bare loop's turn in the same round), with the quartiles
+of those per-round ratios.
 
 Variants:
   bare          forward, backward, optimizer step: the floor
@@ -88,8 +91,7 @@ class Variant:
         self.name = name
         self.model = make_model()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.times: list[float] = []
-        self.rounds: list[float] = []  # the median step of each round
+        self.rounds: list[float] = []  # the mean step of each turn
         self.tracker = None
         self.monitor = None
         self.step_index = 0
@@ -114,8 +116,16 @@ class Variant:
             self.run.watch(self.model, log="gradients", log_freq=1)
         self.named = list(self.model.named_parameters())
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def turn(self, xs: torch.Tensor, ys: torch.Tensor, first: int, steps: int) -> None:
+        """`steps` timed steps on batches from `first` on; the turn's mean step joins rounds."""
         start = time.perf_counter()
+        for i in range(first, first + steps):
+            self.step(xs[i % len(xs)], ys[i % len(ys)])
+        if self.name.startswith("gradsweep"):
+            self.tracker.flush()  # the W&B writer's backlog, paid in this turn
+        self.rounds.append((time.perf_counter() - start) / steps)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -139,11 +149,7 @@ class Variant:
         elif self.name == "wandb.watch":
             self.run.log({"train/loss": loss.item()}, step=self.step_index)
         self.optimizer.step()
-        self.times.append(time.perf_counter() - start)
         self.step_index += 1
-
-    def close_round(self, steps: int) -> None:
-        self.rounds.append(statistics.median(self.times[-steps:]))
 
     def close(self) -> None:
         if self.tracker is not None:
@@ -219,8 +225,8 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=100, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
@@ -234,7 +240,7 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="then profile 50 gradsweep steps with torch.profiler: where the overhead is",
+        help="then profile 100 gradsweep steps with torch.profiler: where the overhead is",
     )
     parser.add_argument(
         "--variants",
@@ -262,13 +268,9 @@ def main() -> None:
         for variant in variants:  # warm-up, untimed
             for i in range(args.warmup):
                 variant.step(xs[i % 64], ys[i % 64])
-            variant.times.clear()
         for round_index in range(args.rounds):
             for variant in order.sample(variants, len(variants)):
-                for i in range(args.steps):
-                    j = (round_index * args.steps + i) % 64
-                    variant.step(xs[j], ys[j])
-                variant.close_round(args.steps)
+                variant.turn(xs, ys, round_index * args.steps, args.steps)
         for variant in variants:
             variant.close()
 
@@ -280,13 +282,13 @@ def main() -> None:
         f"{args.niceness}; {args.rounds} rounds x {args.steps} steps per variant, "
         "in a random order each round"
     )
-    print(f"| variant | median step (ms) | ratio to {base.name} | quartiles of the ratio |")
+    print(f"| variant | mean step (ms) | ratio to {base.name} | quartiles of the ratio |")
     print("| --- | ---: | ---: | ---: |")
     for variant in variants:
         ratios = [mine / theirs for mine, theirs in zip(variant.rounds, base.rounds, strict=True)]
         q1, q2, q3 = quartiles(ratios)
-        median = statistics.median(variant.times)
-        print(f"| {variant.name} | {median * 1e3:.2f} | {q2:.3f} | {q1:.3f}-{q3:.3f} |")
+        mean = statistics.fmean(variant.rounds)
+        print(f"| {variant.name} | {mean * 1e3:.2f} | {q2:.3f} | {q1:.3f}-{q3:.3f} |")
 
 
 if __name__ == "__main__":
