@@ -226,7 +226,7 @@ class GradientMonitor:
     def state_dict(self) -> dict:
         """What a resumed run needs to continue the counts, the window and the pictures.
 
-        Logs the row still in flight first (CUDA), so the state covers every step so far.
+        Logs the row still in flight first (`sync_free`), so the state covers every step so far.
         """
         self.flush()
         return {
