@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,8 +61,17 @@ def cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-def paced(log, rows: int, interval: float, pid: int, settle: float) -> float:
-    """CPU seconds `pid` spends a row while `log(row, step)` is called every `interval` s."""
+def cpu_per_row(
+    log: Callable[[dict[str, float], int], None],
+    drain: Callable[[], None],
+    pid: int,
+    rows: int,
+    interval: float,
+    settle: float,
+) -> float:
+    """CPU seconds `pid` (and its children) spend a row while `log(row, step)` is called every
+    `interval` s: after 20 untimed rows and `settle` s, until `drain()` has had wandb write
+    the last of them and wandb-core has had a second for its share."""
     for step in range(20):  # warm-up
         log(row(step), step)
     time.sleep(settle)
@@ -69,7 +79,9 @@ def paced(log, rows: int, interval: float, pid: int, settle: float) -> float:
     for step in range(20, 20 + rows):
         log(row(step), step)
         time.sleep(interval)
-    return before
+    drain()
+    time.sleep(1.0)  # wandb-core's share of the last rows
+    return (cpu_seconds(pid) - before) / rows
 
 
 def writer(run_dir: Path, rows: int, interval: float) -> float:
@@ -78,12 +90,9 @@ def writer(run_dir: Path, rows: int, interval: float) -> float:
     tracker = start_tracking(cfg, {"bench": "writer_cpu"}, run_dir)
     assert tracker.mode == "offline"
     pid = tracker._writer.process.pid
-    before = paced(tracker.log, rows, interval, pid, settle=2 * BATCH_S)
-    tracker.flush()
-    time.sleep(1.0)  # wandb-core's share of the last burst
-    spent = cpu_seconds(pid) - before
+    spent = cpu_per_row(tracker.log, tracker.flush, pid, rows, interval, settle=2 * BATCH_S)
     tracker.finish()
-    return spent / rows
+    return spent
 
 
 def in_process(run_dir: Path, rows: int, interval: float) -> float:
@@ -95,13 +104,14 @@ def in_process(run_dir: Path, rows: int, interval: float) -> float:
         project="gradsweep-bench",
         settings=wandb.Settings(silent=True, console="off"),
     )
-    before = paced(
-        lambda values, step: run.log(values, step=step), rows, interval, os.getpid(), 1.0
-    )
-    time.sleep(1.0)
-    spent = cpu_seconds(os.getpid()) - before
+
+    def log(values: dict[str, float], step: int) -> None:
+        run.log(values, step=step)
+
+    # run.log has done its Python part when it returns; nothing more to drain.
+    spent = cpu_per_row(log, lambda: None, os.getpid(), rows, interval, settle=1.0)
     run.finish()
-    return spent / rows
+    return spent
 
 
 def main() -> None:

@@ -106,8 +106,9 @@ class GradientMonitor:
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no Linear or conv layer to monitor")
         self.clipping = clipping or Clipping()
+        device = next(model.parameters()).device
         if sync_free is None:
-            sync_free = next(model.parameters()).device.type == "cuda"
+            sync_free = device.type == "cuda"
         self.telemetry = GradientTelemetry(
             model,
             select_params(model, params, self.layers),
@@ -128,7 +129,6 @@ class GradientMonitor:
         self._window: deque[list[float]] = deque(maxlen=window)
         self._totals: deque[float] = deque(maxlen=window)
 
-        device = next(model.parameters()).device
         self._no_accuracy = torch.full((), math.nan, device=device)
         self._transfer = LaggedTransfer(device)
         self._extra: dict[int, dict[str, float]] = {}
