@@ -56,7 +56,8 @@ class GradientTelemetry:
 
     Called between `backward()` and `optimizer.step()`: `norms()` gives every gradient's
     L2 norm as device scalars, in `named_parameters()` order, from one fused kernel; then
-    `clip` clips the gradients. `logged_index` and `layer_index` say where the logged
+    `clip` clips the gradients and lets go of them (call it on every step, clipping or not).
+    `logged_index` and `layer_index` say where the logged
     parameters and the weight layers' weights sit among the norms, so that the host picks
     them out of the transferred values rather than the device spending ops on it.
     Parameters without a gradient this step read as NaN and take no part in the global
@@ -97,7 +98,13 @@ class GradientTelemetry:
         return clip.clip_value if clip.name == "value" else clip.max_norm
 
     def norms(self) -> list[torch.Tensor]:
-        """Every trainable parameter's gradient norm, as 0-d device tensors (no host sync)."""
+        """Every trainable parameter's gradient norm, as 0-d device tensors (no host sync).
+
+        The gradients are kept for `clip`, which lets go of them: kept past the step, they
+        would live through the next backward, so that `zero_grad(set_to_none=True)` freed
+        nothing and backward allocated a fresh set (0.3-0.4 ms a step on the default MLP,
+        and a second set of gradients in device memory).
+        """
         self._grads = [g for p in self.params if (g := p.grad) is not None]
         if not self._grads:
             raise RuntimeError("no parameter has a gradient: call backward() before norms()")
@@ -122,25 +129,26 @@ class GradientTelemetry:
         norm the host computed from the norms, is used for it where it fits. Device decides:
         the statistic is a 0-d device tensor, to travel with the norms to the host.
         """
+        grads, self._grads = self._grads, []  # not kept past the step: see norms()
         clip = self.clipping
         if clip.name == "none":
             return None
         if total is not None and clip.name == "norm" and clip.norm_type == 2.0:
             statistic: float | torch.Tensor = total
         else:
-            statistic = self._statistic(norms)
+            statistic = self._statistic(grads, norms)
         if self.sync_free:
-            self._apply(statistic)  # on every step: a host branch would be a sync
+            self._apply(grads, statistic)  # on every step: a host branch would be a sync
             return statistic
         if isinstance(statistic, torch.Tensor):
             statistic = statistic.item()  # host sync: free on the CPU, where it is made
         if statistic > self.limit:
-            self._apply(statistic)
+            self._apply(grads, statistic)
         return statistic
 
-    def _statistic(self, norms: list[torch.Tensor]) -> torch.Tensor:
+    def _statistic(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> torch.Tensor:
         """The clipping statistic, on the device."""
-        clip, grads = self.clipping, self._grads
+        clip = self.clipping
         if clip.name == "value" or clip.norm_type == math.inf:
             return torch.stack(torch._foreach_norm(grads, math.inf)).max()
         if clip.norm_type == 2.0:  # reuses the norms: no second pass over the gradients
@@ -151,10 +159,9 @@ class GradientTelemetry:
             torch.stack(torch._foreach_norm(grads, clip.norm_type)), clip.norm_type
         )
 
-    def _apply(self, statistic: float | torch.Tensor) -> None:
+    def _apply(self, grads: list[torch.Tensor], statistic: float | torch.Tensor) -> None:
         """Clip. On the device's branchless path this runs on steps under the limit too,
         where clamping to the limit, or a coefficient clamped to 1, changes nothing."""
-        grads = self._grads
         if self.clipping.name == "value":
             torch._foreach_clamp_min_(grads, -self.limit)
             torch._foreach_clamp_max_(grads, self.limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -89,6 +90,20 @@ def test_non_finite_gradients_are_reported(sync_free: bool) -> None:
     assert math.isnan(row["grad_norm/1.weight"]) and math.isnan(row["grad_norm/total"])
     assert monitor.non_finite_step == 0
     assert monitor.verdict().label == "non_finite"
+
+
+@pytest.mark.parametrize("clipping", ["none", "norm", "value"])
+def test_no_gradient_is_kept_past_the_step(clipping: str, sync_free: bool) -> None:
+    # Kept, a step's gradients would live through the next backward, which would then
+    # allocate a fresh set: zero_grad(set_to_none=True) must free them.
+    model = small_model()
+    monitor = GradientMonitor(
+        model, torch.zeros(2, 1, 8, 8), Clipping(clipping), sync_free=sync_free
+    )
+    monitor.step(backward(model))
+    gradients = [weakref.ref(p.grad) for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    assert [ref() for ref in gradients] == [None] * len(gradients)
 
 
 def test_weights_filter_and_regex_select_what_is_logged() -> None:
