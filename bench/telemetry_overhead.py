@@ -11,10 +11,15 @@ steps a burst slows, and the turn ends with a flush of the writer, timed, so tha
 backlog is paid inside the turn instead of by the next variant's. Reported per variant:
 the mean step over all turns, and its ratio to the bare loop as the median over rounds
 of (the variant's turn) / (the bare loop's turn in the same round), with the quartiles
-of those per-round ratios.
+of those per-round ratios. For gradsweep's W&B variants, the share of the turn spent in that
+final flush is reported too: the rows the writer had not logged by then.
 
 Variants:
   bare          forward, backward, optimizer step: the floor
+  bare-again    a second, identical bare loop: the control, whose ratio to bare shows how
+                far this machine's noise moves a ratio
+  norms-only    + one fused norm pass over the gradients and one transfer of the norms, and
+                nothing else (no clipping, no row): the least per-layer telemetry costs
   gradsweep     + GradientMonitor: every parameter's grad norm, clipping=norm, clip hit
                 stats, one host transfer, and one W&B row per step, through gradsweep's
                 W&B writer process (an offline run, the default logger.niceness)
@@ -92,6 +97,7 @@ class Variant:
         self.model = make_model()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.rounds: list[float] = []  # the mean step of each turn
+        self.flushes: list[float] = []  # of it, the flush that ends the turn, a step
         self.tracker = None
         self.monitor = None
         self.step_index = 0
@@ -121,9 +127,12 @@ class Variant:
         start = time.perf_counter()
         for i in range(first, first + steps):
             self.step(xs[i % len(xs)], ys[i % len(ys)])
+        flush = time.perf_counter()
         if self.name.startswith("gradsweep"):
             self.tracker.flush()  # the W&B writer's backlog, paid in this turn
-        self.rounds.append((time.perf_counter() - start) / steps)
+        end = time.perf_counter()
+        self.rounds.append((end - start) / steps)
+        self.flushes.append((end - flush) / steps)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         logits = self.model(x)
@@ -132,6 +141,8 @@ class Variant:
         loss.backward()
         if self.monitor is not None:
             self.monitor.step(loss, (logits.argmax(1) == y).float().mean())
+        elif self.name == "norms-only":
+            torch.stack(torch._foreach_norm([p.grad for _, p in self.named], 2.0)).tolist()
         elif self.name == "seed":
             norms = {f"grad_norm/{n}": p.grad.norm(2).item() for n, p in self.named}
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=1.0)
@@ -244,7 +255,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default="bare,gradsweep,gradsweep/10,no-wandb,wandb.log,seed,lightning,wandb.watch",
+        default=(
+            "bare,norms-only,gradsweep,gradsweep/10,no-wandb,wandb.log,seed,lightning,wandb.watch"
+        ),
         help="comma-separated subset; the first is the baseline",
     )
     args = parser.parse_args()
@@ -282,13 +295,18 @@ def main() -> None:
         f"{args.niceness}; {args.rounds} rounds x {args.steps} steps per variant, "
         "in a random order each round"
     )
-    print(f"| variant | mean step (ms) | ratio to {base.name} | quartiles of the ratio |")
-    print("| --- | ---: | ---: | ---: |")
+    print(
+        f"| variant | mean step (ms) | of it, the W&B flush (ms) | ratio to {base.name} "
+        "| quartiles of the ratio |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
     for variant in variants:
         ratios = [mine / theirs for mine, theirs in zip(variant.rounds, base.rounds, strict=True)]
         q1, q2, q3 = quartiles(ratios)
         mean = statistics.fmean(variant.rounds)
-        print(f"| {variant.name} | {mean * 1e3:.2f} | {q2:.3f} | {q1:.3f}-{q3:.3f} |")
+        flushed = variant.name.startswith("gradsweep")  # the variants whose turn ends in one
+        flush = f"{statistics.fmean(variant.flushes) * 1e3:.2f}" if flushed else ""
+        print(f"| {variant.name} | {mean * 1e3:.2f} | {flush} | {q2:.3f} | {q1:.3f}-{q3:.3f} |")
 
 
 if __name__ == "__main__":
