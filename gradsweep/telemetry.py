@@ -57,11 +57,10 @@ class GradientTelemetry:
     Called between `backward()` and `optimizer.step()`: `norms()` gives every gradient's
     L2 norm as device scalars, in `named_parameters()` order, from one fused kernel; then
     `clip` clips the gradients and lets go of them (call it on every step, clipping or not).
-    `logged_index` and `layer_index` say where the logged
-    parameters and the weight layers' weights sit among the norms, so that the host picks
-    them out of the transferred values rather than the device spending ops on it.
-    Parameters without a gradient this step read as NaN and take no part in the global
-    norm; `missing` lists their positions.
+    `logged_index` and `layer_index` say where the logged parameters and the weight layers'
+    weights sit among the norms, so that the host picks them out of the transferred values
+    rather than the device spending ops on it. Parameters without a gradient this step read
+    as NaN and take no part in the global norm; `missing` lists their positions.
 
     Clipping is decided on a statistic, and clips when it exceeds its limit: the global
     norm (`clipping=norm`; with `norm_type` 2 it comes from the norms) or the largest |g|
