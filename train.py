@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradsweep.tracking import prestart
+from gradsweep.tracking.tracker import prestart
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float:
     # Started first, the W&B writer process imports wandb while this one imports torch.
     prestart(cfg.logger)
     from gradsweep.errors import EXIT_NON_FINITE, EXIT_USER_ERROR, USER_ERRORS
-    from gradsweep.training import train
+    from gradsweep.run.training import train
 
     # In a multirun, a failed job is recorded by the launcher and the next one runs: a
     # SystemExit would stop the basic launcher's whole grid, so only a lone run exits.

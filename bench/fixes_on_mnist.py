@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradsweep.config import compose
-from gradsweep.training import train
+from gradsweep.run.training import train
 
 CONFIGS = [
     "",

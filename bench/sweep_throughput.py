@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradsweep.sweeps import auto_workers  # noqa: E402
+from gradsweep.sweeps.runner import auto_workers  # noqa: E402
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -47,7 +47,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "gradsweep.cli",
+                "gradsweep.cli.main",
                 "sweep",
                 "conf/sweep.yaml",
                 "--dry-run",
@@ -79,7 +79,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "gradsweep.cli",
+                    "gradsweep.cli.main",
                     "sweep",
                     "conf/sweep.yaml",
                     "--count",

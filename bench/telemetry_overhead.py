@@ -50,10 +50,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradsweep.models import mlp
-from gradsweep.monitor import GradientMonitor
-from gradsweep.telemetry import Clipping
-from gradsweep.tracking import start_tracking
+from gradsweep.run.models import mlp
+from gradsweep.telemetry.gradients import Clipping
+from gradsweep.telemetry.monitor import GradientMonitor
+from gradsweep.tracking.tracker import start_tracking
 
 LOGGER_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "logger" / "wandb.yaml"
 

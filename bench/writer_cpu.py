@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf
 
-from gradsweep.tracking import start_tracking
-from gradsweep.wandb_writer import BATCH_S
+from gradsweep.tracking.tracker import start_tracking
+from gradsweep.tracking.wandb_writer import BATCH_S
 
 LOGGER_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "logger" / "wandb.yaml"
 

@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "fix": "gradsweep.fixes",
-    "apply_fixes": "gradsweep.fixes",
-    "swap_activations": "gradsweep.activations",
-    "insert_norms": "gradsweep.norms",
-    "add_residual": "gradsweep.skips",
-    "projection": "gradsweep.skips",
-    "Residual": "gradsweep.skips",
-    "Shortcut": "gradsweep.skips",
-    "ShapeMismatchError": "gradsweep.skips",
-    "initialize": "gradsweep.initialization",
-    "weight_layers": "gradsweep.layers",
-    "GradientMonitor": "gradsweep.monitor",
-    "Clipping": "gradsweep.telemetry",
-    "Verdict": "gradsweep.diagnosis",
+    "fix": "gradsweep.fixes.pipeline",
+    "apply_fixes": "gradsweep.fixes.pipeline",
+    "swap_activations": "gradsweep.fixes.activations",
+    "insert_norms": "gradsweep.fixes.norms",
+    "add_residual": "gradsweep.fixes.skips",
+    "projection": "gradsweep.fixes.skips",
+    "Residual": "gradsweep.fixes.skips",
+    "Shortcut": "gradsweep.fixes.skips",
+    "ShapeMismatchError": "gradsweep.fixes.skips",
+    "initialize": "gradsweep.fixes.initialization",
+    "weight_layers": "gradsweep.fixes.layers",
+    "GradientMonitor": "gradsweep.telemetry.monitor",
+    "Clipping": "gradsweep.telemetry.gradients",
+    "Verdict": "gradsweep.telemetry.diagnosis",
 }
 
 __all__ = [
@@ -51,15 +51,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from gradsweep.activations import swap_activations
-    from gradsweep.diagnosis import Verdict
-    from gradsweep.fixes import apply_fixes, fix
-    from gradsweep.initialization import initialize
-    from gradsweep.layers import weight_layers
-    from gradsweep.monitor import GradientMonitor
-    from gradsweep.norms import insert_norms
-    from gradsweep.skips import Residual, ShapeMismatchError, Shortcut, add_residual, projection
-    from gradsweep.telemetry import Clipping
+    from gradsweep.fixes.activations import swap_activations
+    from gradsweep.fixes.initialization import initialize
+    from gradsweep.fixes.layers import weight_layers
+    from gradsweep.fixes.norms import insert_norms
+    from gradsweep.fixes.pipeline import apply_fixes, fix
+    from gradsweep.fixes.skips import (
+        Residual,
+        ShapeMismatchError,
+        Shortcut,
+        add_residual,
+        projection,
+    )
+    from gradsweep.telemetry.diagnosis import Verdict
+    from gradsweep.telemetry.gradients import Clipping
+    from gradsweep.telemetry.monitor import GradientMonitor
 
 
 def __getattr__(name: str) -> Any:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gradsweep.checkpoint import CheckpointError
-from gradsweep.data import DataError
-from gradsweep.skips import ShapeMismatchError
-from gradsweep.sweep_definition import SweepError
-from gradsweep.validate import ConfigError
+from gradsweep.data.load import DataError
+from gradsweep.fixes.skips import ShapeMismatchError
+from gradsweep.run.checkpoint import CheckpointError
+from gradsweep.run.validate import ConfigError
+from gradsweep.sweeps.definition import SweepError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,

@@ -4,7 +4,7 @@
 `write_cifar10` writes the python pickles torchvision.datasets.CIFAR10 reads. CIFAR10 md5-checks
 every file, so synthetic ones load only through `cifar10_without_md5()`, a subclass that lists no
 checksums (torchvision's `check_integrity(path, None)` then checks only that the file exists).
-Pass it to `gradsweep.data.load_data(..., dataset_classes={"cifar10": ...})`.
+Pass it to `gradsweep.data.load.load_data(..., dataset_classes={"cifar10": ...})`.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradsweep
-from gradsweep import graphs
-from gradsweep.activations import node_kind
-from gradsweep.layers import weight_layers
-from gradsweep.skips import Residual, ShapeMismatchError, Shortcut, add_residual
+from gradsweep.fixes import graphs
+from gradsweep.fixes.activations import node_kind
+from gradsweep.fixes.layers import weight_layers
+from gradsweep.fixes.skips import Residual, ShapeMismatchError, Shortcut, add_residual
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import gradsweep
-from gradsweep.cli import main as gradsweep_main
-from gradsweep.data import Batches, load_data
-from gradsweep.optimizers import create_optimizer
-from gradsweep.training import build_model, stream_seed, train
-from gradsweep.wandb_records import find_runs, read_run
+from gradsweep.cli.main import main as gradsweep_main
+from gradsweep.data.load import Batches, load_data
+from gradsweep.run.optimizers import create_optimizer
+from gradsweep.run.training import build_model, stream_seed, train
+from gradsweep.tracking.wandb_records import find_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CUSTOM = ("model=custom", "model._target_=examples.deep_sigmoid.DeepSigmoid", "+model.depth=4")

@@ -1,4 +1,4 @@
-"""gradsweep.data: sources, splits, normalization, batches and augmentation.
+"""gradsweep.data.load: sources, splits, normalization, batches and augmentation.
 
 Offline and on CPU, through the real torchvision dataset classes: the datasets are tiny files in
 the real on-disk formats (tests/datasets.py), written to tmp_path.
@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.data import (
+from gradsweep.data.load import (
     Batches,
     Data,
     DataError,
@@ -220,7 +220,7 @@ def test_auto_in_an_empty_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert resolve_source(data_cfg("mnist")) == ("bundled", None)
-    with caplog.at_level(logging.INFO, logger="gradsweep.data"):
+    with caplog.at_level(logging.INFO, logger="gradsweep.data.load"):
         data = load_data(data_cfg("mnist", val_size=100))
     assert data.source == "bundled"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

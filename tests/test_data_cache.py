@@ -20,8 +20,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gradsweep import data_cache
-from gradsweep.data import Data, DataError, load_data
+from gradsweep.data import cache as data_cache
+from gradsweep.data.load import Data, DataError, load_data
 from tests.datasets import cifar10_without_md5, write_cifar10, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_second_load_reads_the_cache_without_torchvision(
         f"""
         import json, sys, torch
         from omegaconf import OmegaConf
-        from gradsweep.data import load_data
+        from gradsweep.data.load import load_data
         cfg = OmegaConf.create(json.loads({json.dumps(OmegaConf.to_container(cfg))!r}))
         data = load_data(cfg)
         torch.save({{k: getattr(data, k) for k in {SPLITS!r}}}, {str(tmp_path / "warm.pt")!r})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gradsweep.summarize import summarize
+from gradsweep.sweeps.summarize import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two runs that differ in one fix, each a few steps of a tiny MLP on the bundled digits.

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsweep.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
 from gradsweep.errors import EXIT_NON_FINITE
-from gradsweep.training import train
+from gradsweep.run.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
+from gradsweep.run.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "gsfake" + "0123456789abcdef" * 2 + "xyzw"  # 42 chars, well formed, never valid
@@ -55,7 +55,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def history_steps(run_dir: Path) -> list[tuple[int, float]]:
-    from gradsweep.wandb_records import find_runs, read_run
+    from gradsweep.tracking.wandb_records import find_runs, read_run
 
     rows = []
     for path in find_runs(run_dir / "wandb"):
@@ -163,7 +163,7 @@ def test_nan_stops_the_run_with_its_own_exit_code(tmp_path) -> None:
 def test_unwritable_run_folder_is_named(make_cfg, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    from gradsweep.validate import ConfigError
+    from gradsweep.run.validate import ConfigError
 
     with pytest.raises(ConfigError, match="cannot write to the run folder"):
         train(make_cfg(max_steps=2), run_dir=blocker / "run")

@@ -14,14 +14,14 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from gradsweep.cli import main
+from gradsweep.cli.main import main
 from gradsweep.config import compose
-from gradsweep.preflight import ActivationProbe
-from gradsweep.scan import GridComposer, is_inert, load_grid, parse_grid, scan
-from gradsweep.scan_report import render
-from gradsweep.training import train
-from gradsweep.validate import ConfigError
-from gradsweep.wandb_records import read_run
+from gradsweep.run.training import train
+from gradsweep.run.validate import ConfigError
+from gradsweep.scan.measure import ActivationProbe
+from gradsweep.scan.report import render
+from gradsweep.scan.scanner import GridComposer, is_inert, load_grid, parse_grid, scan
+from gradsweep.tracking.wandb_records import read_run
 
 SMALL = ["data.source=bundled", "logger=none"]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradsweep import cli
-from gradsweep.report import Selection, build_report, describe, panel_specs
-from gradsweep.summarize import collect, compare, render, summarize
-from gradsweep.sweep_definition import FIX_GROUPS, SweepError
+from gradsweep.cli.main import main
+from gradsweep.sweeps.definition import FIX_GROUPS, SweepError
+from gradsweep.sweeps.report import Selection, build_report, describe, panel_specs
+from gradsweep.sweeps.summarize import collect, compare, render, summarize
 
 BASELINE = {"activation": "sigmoid", "init": "default", "norm": "none", "skip": "none"}
 BASELINE = {**BASELINE, "clipping": "none"}
@@ -135,7 +135,7 @@ def test_formats_parse(ladder) -> None:
 
 
 def test_cli_summarize_prints_json_on_stdout(ladder, capsys) -> None:
-    assert cli.main(["summarize", str(ladder), "--format", "json"]) == 0
+    assert main(["summarize", str(ladder), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["cure"]["key"] == "init"
 
 
@@ -184,8 +184,8 @@ def test_report_builds_without_a_server(runs) -> None:
 
 def test_report_cli_dry_run_and_its_usage_errors(capsys) -> None:
     args = ["report", "--entity", "me", "--project", "p", "--group", "g", "--dry-run"]
-    assert cli.main(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "ParallelCoordinatesPlot" in out and "log y" in out
     with pytest.raises(SystemExit):
-        cli.main(["report", "--entity", "me", "--project", "p", "--dry-run"])
+        main(["report", "--entity", "me", "--project", "p", "--dry-run"])

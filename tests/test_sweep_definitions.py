@@ -11,7 +11,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from gradsweep.sweep_definition import (
+from gradsweep.sweeps.definition import (
     FIX_GROUPS,
     SweepError,
     agent_args,

@@ -11,10 +11,9 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from gradsweep import cli
-from gradsweep.summarize import summarize
-from gradsweep.sweep_definition import SweepError, load_definition
-from gradsweep.sweeps import (
+from gradsweep.cli.main import main
+from gradsweep.sweeps.definition import SweepError, load_definition
+from gradsweep.sweeps.runner import (
     FINISHED,
     INTERRUPTED,
     MAX_AUTO_WORKERS,
@@ -27,7 +26,8 @@ from gradsweep.sweeps import (
     visible_gpus,
     worker_env,
 )
-from gradsweep.wandb_records import find_runs, read_run
+from gradsweep.sweeps.summarize import summarize
+from gradsweep.tracking.wandb_records import find_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
@@ -134,7 +134,7 @@ def test_overriding_a_sweep_parameter_is_refused(tmp_path) -> None:
 
 def test_dry_run_prints_the_agent_commands(tmp_path, capsys) -> None:
     path = write_definition(tmp_path)
-    code = cli.main(["sweep", str(path), "--dry-run", "--dir", str(tmp_path / "s"), "-o", "seed=3"])
+    code = main(["sweep", str(path), "--dry-run", "--dir", str(tmp_path / "s"), "-o", "seed=3"])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3

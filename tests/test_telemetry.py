@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradsweep.diagnosis import Thresholds, advise, diagnose
-from gradsweep.models import mlp
-from gradsweep.monitor import GradientMonitor
-from gradsweep.telemetry import Clipping
+from gradsweep.run.models import mlp
+from gradsweep.telemetry.diagnosis import Thresholds, advise, diagnose
+from gradsweep.telemetry.gradients import Clipping
+from gradsweep.telemetry.monitor import GradientMonitor
 
 
 def small_model(seed: int = 0) -> nn.Sequential:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from gradsweep.tracking import start_tracking
-from gradsweep.wandb_records import BLOCK_LEN, find_runs, read_run
-from gradsweep.wandb_writer import PROBE_TIMEOUT_S
+from gradsweep.tracking.tracker import start_tracking
+from gradsweep.tracking.wandb_records import BLOCK_LEN, find_runs, read_run
+from gradsweep.tracking.wandb_writer import PROBE_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "gradsweepfakekey" + "0123456789abcdef01234567"  # 40 characters, wandb's format
@@ -179,7 +179,7 @@ def test_reader_tolerates_a_cut_tail_and_rejects_corruption(tmp_path: Path) -> N
 
 
 def test_auto_without_key_runs_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gradsweep.tracking")
+    caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
     start = time.perf_counter()
     tracker = start_tracking(logger_cfg(mode="auto"), {}, tmp_path / "run")
     mode = tracker.mode  # waits for the run to start
@@ -189,7 +189,7 @@ def test_auto_without_key_runs_offline(tmp_path: Path, caplog: pytest.LogCapture
 
     assert mode == "offline"
     assert elapsed < INIT_MARGIN_S
-    [record] = [r for r in caplog.records if r.name == "gradsweep.tracking"]
+    [record] = [r for r in caplog.records if r.name == "gradsweep.tracking.tracker"]
     assert "offline (no API key configured)" in record.getMessage()
     assert "wandb sync" in record.getMessage()
     assert len(read_run(tmp_path / "run").history) == 1
@@ -220,7 +220,7 @@ def test_auto_with_key_and_no_server_runs_offline_fast(
     }[server]
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", base_url)
-    caplog.set_level(logging.INFO, logger="gradsweep.tracking")
+    caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
     start = time.perf_counter()
     tracker = start_tracking(logger_cfg(mode="auto"), {"seed": 0}, tmp_path / "run")
     mode = tracker.mode
@@ -229,7 +229,7 @@ def test_auto_with_key_and_no_server_runs_offline_fast(
 
     assert mode == "offline"
     assert elapsed < PROBE_TIMEOUT_S + INIT_MARGIN_S
-    [record] = [r for r in caplog.records if r.name == "gradsweep.tracking"]
+    [record] = [r for r in caplog.records if r.name == "gradsweep.tracking.tracker"]
     assert f"{base_url} unreachable" in record.getMessage()
     assert FAKE_KEY not in caplog.text
     assert not files_holding(tmp_path, FAKE_KEY)
@@ -245,7 +245,7 @@ def test_auto_falls_back_when_server_never_answers(
         server.listen(16)
         monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        caplog.set_level(logging.INFO, logger="gradsweep.tracking")
+        caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
         run_dir = tmp_path / "run"
         start = time.perf_counter()
         tracker = start_tracking(
@@ -282,7 +282,7 @@ def test_no_wandb_writes_nothing_and_never_imports_it(tmp_path: Path, cfg: dict)
     code = f"""
 import sys
 from pathlib import Path
-from gradsweep.tracking import start_tracking
+from gradsweep.tracking.tracker import start_tracking
 tracker = start_tracking({cfg!r}, {{"seed": 0}}, Path({str(run_dir)!r}))
 tracker.log({{"train/loss": 1.0}}, step=0)
 tracker.log_images({{"plot": Path("missing.png")}}, step=0)
@@ -325,7 +325,7 @@ def test_a_killed_trainer_loses_no_row(tmp_path: Path) -> None:
     code = f"""
 import os, signal, sys
 from pathlib import Path
-from gradsweep.tracking import start_tracking
+from gradsweep.tracking.tracker import start_tracking
 tracker = start_tracking({logger_cfg()!r}, {{"seed": 0}}, Path({str(run_dir)!r}))
 for step in range(500):
     tracker.log({{"train/loss": float(step), "grad_norm/total": step / 7}}, step=step)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradsweep.training import evaluate, stream_seed, train
-from gradsweep.validate import ConfigError
+from gradsweep.run.training import evaluate, stream_seed, train
+from gradsweep.run.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_bad_input_on_the_command_line_exits_non_zero(overrides, message, tmp_pa
 def test_offline_wandb_run_holds_a_row_per_step_and_the_verdict(
     make_cfg, tmp_path, no_wandb_credentials
 ) -> None:
-    from gradsweep.wandb_records import find_runs, read_run
+    from gradsweep.tracking.wandb_records import find_runs, read_run
 
     cfg = make_cfg("logger=wandb", "clipping=norm", max_steps=12, eval_every=5)
     train(cfg, run_dir=tmp_path)  # no key, no WANDB_MODE: auto falls back to offline
@@ -178,9 +178,9 @@ def test_offline_wandb_run_holds_a_row_per_step_and_the_verdict(
 
 
 def make_model_params(cfg) -> list:
-    from gradsweep.data import dataset_shape
-    from gradsweep.fixes import apply_fixes
-    from gradsweep.models import create_model
+    from gradsweep.data.load import dataset_shape
+    from gradsweep.fixes.pipeline import apply_fixes
+    from gradsweep.run.models import create_model
 
     shape, classes = dataset_shape(cfg.data.name)
     model = create_model(cfg.model, shape, classes)
@@ -199,7 +199,7 @@ def test_a_model_that_cannot_be_built_ends_its_wandb_run_as_failed(
 ) -> None:
     # The W&B run starts once the data is loaded, beside the model build: a build that fails
     # leaves a run marked failed, not one left open.
-    from gradsweep.wandb_records import read_run
+    from gradsweep.tracking.wandb_records import read_run
 
     cfg = make_cfg("logger=wandb", "model=custom", "model._target_=examples.no_such.Net")
     with pytest.raises(Exception, match="no_such"):

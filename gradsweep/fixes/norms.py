@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from gradsweep import graphs
-from gradsweep.activations import is_activation, node_kind
-from gradsweep.layers import is_weight_layer, out_features, set_children
+from gradsweep.fixes import graphs
+from gradsweep.fixes.activations import is_activation, node_kind
+from gradsweep.fixes.layers import is_weight_layer, out_features, set_children
 
 NORMS = ("batch", "layer", "group")
 

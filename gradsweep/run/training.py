@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from gradsweep.activations import dominant_activation
-from gradsweep.checkpoint import (
+from gradsweep.data.load import Batches, Data, iterate_eval, load_data
+from gradsweep.fixes.activations import dominant_activation
+from gradsweep.fixes.pipeline import UNCHANGED, apply_fixes
+from gradsweep.run.checkpoint import (
     checkpoint_path,
     config_hash,
     load_checkpoint,
@@ -30,18 +32,16 @@ from gradsweep.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from gradsweep.console import Progress, report
-from gradsweep.data import Batches, Data, iterate_eval, load_data
-from gradsweep.diagnosis import Thresholds, advise
-from gradsweep.fixes import UNCHANGED, apply_fixes
-from gradsweep.models import create_model
-from gradsweep.monitor import GradientMonitor
-from gradsweep.optimizers import create_optimizer
+from gradsweep.run.console import Progress, report
+from gradsweep.run.models import create_model
+from gradsweep.run.optimizers import create_optimizer
+from gradsweep.run.validate import ConfigError, check_config
 from gradsweep.signals import StopRequest
 from gradsweep.summary import CHOICE_GROUPS, flat_config, group_choice, write_json_atomic
-from gradsweep.telemetry import Clipping
-from gradsweep.tracking import Tracker, start_tracking
-from gradsweep.validate import ConfigError, check_config
+from gradsweep.telemetry.diagnosis import Thresholds, advise
+from gradsweep.telemetry.gradients import Clipping
+from gradsweep.telemetry.monitor import GradientMonitor
+from gradsweep.tracking.tracker import Tracker, start_tracking
 
 log = logging.getLogger(__name__)
 

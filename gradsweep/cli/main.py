@@ -17,13 +17,13 @@ def _show(args: argparse.Namespace) -> int:
     import torch
 
     from gradsweep.config import compose
-    from gradsweep.data import dataset_shape
-    from gradsweep.fixes import apply_fixes
-    from gradsweep.layers import weight_layers
-    from gradsweep.models import create_model
-    from gradsweep.telemetry import select_params
-    from gradsweep.training import stream_seed
-    from gradsweep.validate import check_config
+    from gradsweep.data.load import dataset_shape
+    from gradsweep.fixes.layers import weight_layers
+    from gradsweep.fixes.pipeline import apply_fixes
+    from gradsweep.run.models import create_model
+    from gradsweep.run.training import stream_seed
+    from gradsweep.run.validate import check_config
+    from gradsweep.telemetry.gradients import select_params
 
     cfg = compose(args.overrides, args.config_dir)
     check_config(cfg)
@@ -81,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     show.add_argument("--code", action="store_true", help="print each forward the fixes rewrote")
     show.set_defaults(run=_show)
-    from gradsweep.scan import add_scan_command  # light: torch is imported when a scan runs
+    from gradsweep.scan.scanner import add_scan_command  # light: torch is imported when a scan runs
 
     add_scan_command(commands)
-    from gradsweep.sweep_commands import add_commands  # sweep, summarize, report
+    from gradsweep.cli.sweep_commands import add_commands  # sweep, summarize, report
 
     add_commands(commands)
     return parser

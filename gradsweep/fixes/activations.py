@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from gradsweep import graphs
+from gradsweep.fixes import graphs
 
 # Name -> constructor. A new activation goes here (and in conf/activation/<name>.yaml).
 ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {

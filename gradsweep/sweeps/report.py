@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gradsweep.sweep_definition import FIX_GROUPS, SweepError
+from gradsweep.sweeps.definition import FIX_GROUPS, SweepError
 
 TITLE = "Vanishing gradients: the fix sweep"
 

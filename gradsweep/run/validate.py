@@ -11,9 +11,9 @@ from numbers import Real
 
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.activations import ACTIVATIONS
 from gradsweep.config import is_custom
-from gradsweep.skips import PLACEMENTS
+from gradsweep.fixes.activations import ACTIVATIONS
+from gradsweep.fixes.skips import PLACEMENTS
 
 log = logging.getLogger(__name__)
 

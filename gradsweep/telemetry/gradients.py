@@ -1,7 +1,7 @@
 """Per-layer gradient norms and gradient clipping, fused into one pass per step.
 
 After `backward()`, every gradient's L2 norm comes from a single fused kernel
-(`torch._foreach_norm`). gradsweep.monitor stacks them with the step's other scalars
+(`torch._foreach_norm`). gradsweep.telemetry.monitor stacks them with the step's other scalars
 (loss, accuracy, the clipping statistic) into one vector that crosses to the host once; the
 host derives the global norm, the clip flag and the counts from it. Clipping with the
 2-norm reuses the norms: no second pass over the gradients, as clip_grad_norm_ makes.

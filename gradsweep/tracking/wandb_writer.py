@@ -1,6 +1,6 @@
 """The W&B writer: a child process that owns one run's wandb run.
 
-    python -m gradsweep.wandb_writer FD BELL NICENESS     (started by gradsweep.tracking)
+    python -m gradsweep.tracking.wandb_writer FD BELL NICENESS    (started by tracking.tracker)
 
 Why a process. wandb spends about a millisecond of Python on every logged row (encoding
 each value, its own telemetry, a hand-off to its asyncio thread) and as much again in its

@@ -89,8 +89,8 @@ def _workers(text: str) -> int | None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from gradsweep.sweep_definition import grid_size, load_definition
-    from gradsweep.sweeps import run_sweep
+    from gradsweep.sweeps.definition import grid_size, load_definition
+    from gradsweep.sweeps.runner import run_sweep
 
     definition = load_definition(args.file)
     size = grid_size(definition)
@@ -112,12 +112,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from gradsweep.summarize import summarize
+    from gradsweep.sweeps.summarize import summarize
 
     text, comparison = summarize(args.path, args.format)
     sys.stdout.write(text)
     if args.format == "csv":  # the rows alone on stdout; the conclusion for people
-        from gradsweep.summarize import conclusions
+        from gradsweep.sweeps.summarize import conclusions
 
         for line in conclusions(comparison):
             print(line, file=sys.stderr)
@@ -125,7 +125,7 @@ def _summarize(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gradsweep.report import TITLE, Selection, build_report, describe, save_report
+    from gradsweep.sweeps.report import TITLE, Selection, build_report, describe, save_report
 
     selection = Selection(args.entity, args.project, sweep=args.sweep, group=args.group)
     report = build_report(selection, title=args.title or TITLE)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradsweep import data_cache
+from gradsweep.data import cache as data_cache
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 
 Each configuration is composed by Hydra as `python train.py OVERRIDES` would compose it, built
 with its fixes and measured over a few forward/backward passes without an optimizer step
-(gradsweep.preflight); the report (gradsweep.scan_report) sorts them by the first/last gradient
+(gradsweep.scan.measure); the report (gradsweep.scan.report) sorts them by the first/last gradient
 ratio and predicts each one's verdict, so the configurations that are dead on arrival never
 reach a GPU. Axes that cannot change the gradients at step 0 (clipping acts after the norms are
 measured; the optimizer, the logger, the run length) are measured once and reported for each
@@ -75,9 +75,9 @@ class Grid:
 
 
 def _config_error(message: str) -> Exception:
-    """gradsweep.validate's ConfigError (shown as one line), imported when needed: that module
+    """gradsweep.run.validate's ConfigError (shown as one line), imported when needed: that module
     pulls in torch, which `gradsweep --help` should not wait for."""
-    from gradsweep.validate import ConfigError
+    from gradsweep.run.validate import ConfigError
 
     return ConfigError(message)
 
@@ -319,7 +319,7 @@ class ScanRow:
 
     choices: dict[str, str]  # each fix group's choice, then the other swept keys
     overrides: tuple[str, ...]  # what `python train.py` takes to run this configuration
-    measurement: Any = None  # gradsweep.preflight.Measurement; None when it failed
+    measurement: Any = None  # gradsweep.scan.measure.Measurement; None when it failed
     error: str | None = None
     key: tuple[str, ...] = field(default=(), repr=False)  # the measured configuration
 
@@ -407,11 +407,11 @@ def _measure_all(
     """Each measured configuration over the seeds; data loaded once per data config."""
     import torch
 
-    from gradsweep.data import load_data
-    from gradsweep.preflight import measure, quiet
-    from gradsweep.skips import ShapeMismatchError
-    from gradsweep.training import pick_device
-    from gradsweep.validate import ConfigError, check_config
+    from gradsweep.data.load import load_data
+    from gradsweep.fixes.skips import ShapeMismatchError
+    from gradsweep.run.training import pick_device
+    from gradsweep.run.validate import ConfigError, check_config
+    from gradsweep.scan.measure import measure, quiet
 
     datasets: dict[str, Any] = {}
     measurements: dict[tuple[str, ...], tuple[Any, str | None]] = {}
@@ -429,7 +429,7 @@ def _measure_all(
             if data_key not in datasets:
                 datasets[data_key] = load_data(cfg.data, device)
             with (
-                quiet("gradsweep.training", "gradsweep.fixes"),
+                quiet("gradsweep.run.training", "gradsweep.fixes.pipeline"),
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
             ):
                 seed_list = list(range(int(cfg.seed), int(cfg.seed) + seeds))
@@ -472,7 +472,7 @@ def _sort_key(row: ScanRow) -> tuple:
 
 
 def add_scan_command(commands: argparse._SubParsersAction) -> None:
-    """Register `gradsweep scan` (called from gradsweep.cli.build_parser)."""
+    """Register `gradsweep scan` (called from gradsweep.cli.main.build_parser)."""
     parser = commands.add_parser(
         "scan",
         help="gradient flow of every configuration of a grid at initialization, in seconds",
@@ -514,7 +514,7 @@ def add_scan_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    from gradsweep import scan_report
+    from gradsweep.scan import report as scan_report
 
     grid = load_grid(args.inputs, args.config_dir)
     result = scan(grid, seeds=args.seeds, steps=args.steps, conf_dir=args.config_dir)

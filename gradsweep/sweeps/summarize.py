@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from gradsweep.sweep_definition import FIX_GROUPS, SweepError
+from gradsweep.sweeps.definition import FIX_GROUPS, SweepError
 
 FORMATS = ("table", "csv", "json", "md")
 METRICS = ("grad_flow/log10_ratio", "val/acc", "val/acc_best", "clip/hit_rate")
@@ -161,7 +161,7 @@ def _from_folder(folder: Path) -> RunResult:
 
 
 def _from_wandb(file: Path) -> RunResult | None:
-    from gradsweep.wandb_records import read_run
+    from gradsweep.tracking.wandb_records import read_run
 
     run = read_run(file)
     if VERDICT not in run.summary:

@@ -3,7 +3,7 @@
 Order matters: norms go between a layer and its activation, so activations come
 first; residual blocks span layer + norm + activation; initialization comes last so
 that it also covers the shortcut projections. Clipping acts on gradients, not on the
-model: see gradsweep.telemetry.
+model: see gradsweep.telemetry.gradients.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from gradsweep.activations import dominant_activation, swap_activations
-from gradsweep.initialization import initialize
-from gradsweep.norms import insert_norms
-from gradsweep.skips import ShapeMismatchError, add_residual
+from gradsweep.fixes.activations import dominant_activation, swap_activations
+from gradsweep.fixes.initialization import initialize
+from gradsweep.fixes.norms import insert_norms
+from gradsweep.fixes.skips import ShapeMismatchError, add_residual
 
 # Options meaning "leave the model as it is" for each fix group.
 UNCHANGED = {"keep", "none", "default"}
@@ -75,7 +75,7 @@ def apply_fixes(model: nn.Module, cfg, sample: torch.Tensor) -> list[str]:
     the model accepts, used to infer shortcut shapes. Returns one account line per
     fix that changed something.
     """
-    from gradsweep.validate import ConfigError
+    from gradsweep.run.validate import ConfigError
 
     skip = cfg.skip
     modules = skip.get("modules")

@@ -21,9 +21,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gradsweep import graphs
-from gradsweep.activations import describe, is_activation, node_kind
-from gradsweep.layers import is_weight_layer, probe_forward, set_children
+from gradsweep.fixes import graphs
+from gradsweep.fixes.activations import describe, is_activation, node_kind
+from gradsweep.fixes.layers import is_weight_layer, probe_forward, set_children
 
 PLACEMENTS = ("all", "nearest_input", "nearest_output")
 

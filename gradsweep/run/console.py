@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from gradsweep.monitor import GradientMonitor
+from gradsweep.telemetry.monitor import GradientMonitor
 
-log = logging.getLogger("gradsweep.training")
+log = logging.getLogger("gradsweep.run.training")
 
 
 class Progress:
@@ -68,7 +68,7 @@ def report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, 
     log.info("\n".join(lines))
     if not monitor.layer_history:
         return
-    from gradsweep.pictures import gradient_heatmap, layer_bars
+    from gradsweep.run.pictures import gradient_heatmap, layer_bars
 
     title = " ".join(f"{g}={summary[g]}" for g in ("activation", "init", "norm", "skip"))
     images = {

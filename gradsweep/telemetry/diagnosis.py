@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gradsweep.activations import RELU_FAMILY, SATURATING
+from gradsweep.fixes.activations import RELU_FAMILY, SATURATING
 
 VERDICTS = ("vanishing", "exploding", "uniformly_small", "healthy", "non_finite")
 

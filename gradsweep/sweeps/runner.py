@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gradsweep.summary import write_json_atomic
-from gradsweep.sweep_definition import (
+from gradsweep.sweeps.definition import (
     SweepDefinition,
     SweepError,
     agent_command,

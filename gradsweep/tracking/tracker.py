@@ -3,7 +3,7 @@
 `start_tracking` turns the `logger` config node into a `Tracker`: a W&B run (online or
 offline, its files under `<run_dir>/wandb/`) or a `NullTracker` that makes no W&B call.
 
-The wandb run lives in a child process, the W&B writer (`gradsweep.wandb_writer`); this
+The wandb run lives in a child process, the W&B writer (`gradsweep.tracking.wandb_writer`); this
 process never imports wandb. `Tracker.log` pickles the row onto a socket (tens of
 microseconds) and the writer makes every `run.*` call in the order sent, at a raised
 niceness, so wandb's millisecond of work per row neither holds this process's GIL nor takes
@@ -43,6 +43,7 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 # Bytes of rows the socket holds before `log` waits for the writer: ~1,000 rows of a 20-layer
 # MLP, so a writer that falls behind for a while (a busy machine) does not stall training.
 _SEND_BUFFER = 4 << 20
+WRITER_MODULE = "gradsweep.tracking.wandb_writer"
 
 
 class Tracker(Protocol):
@@ -105,7 +106,7 @@ class NullTracker:
 
 
 class WriterProcess:
-    """A running `python -m gradsweep.wandb_writer` and the socket to it."""
+    """A running `python -m gradsweep.tracking.wandb_writer` and the socket to it."""
 
     def __init__(self, niceness: int = 0) -> None:
         ours, theirs = socket.socketpair()
@@ -114,11 +115,17 @@ class WriterProcess:
         self._bell, bell_theirs = socket.socketpair()
         self._bell.setblocking(False)
         # The package's own folder first on the path: the writer imports the same gradsweep.
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         fds = (theirs.fileno(), bell_theirs.fileno())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gradsweep.wandb_writer", *map(str, fds), str(niceness)],
+            [
+                sys.executable,
+                "-m",
+                "gradsweep.tracking.wandb_writer",
+                *map(str, fds),
+                str(niceness),
+            ],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": path},

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from gradsweep.activations import RELU_FAMILY
-from gradsweep.layers import WEIGHT_LAYER_TYPES
+from gradsweep.fixes.activations import RELU_FAMILY
+from gradsweep.fixes.layers import WEIGHT_LAYER_TYPES
 
 # torch.nn.init.calculate_gain has no entry for GELU or SiLU; both behave like ReLU
 # for positive inputs, and ReLU's gain (sqrt 2) is what keeps a deep stack's signal

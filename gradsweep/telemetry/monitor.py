@@ -7,7 +7,7 @@
         optimizer.step()
     print(monitor.verdict())
 
-The device side lives in gradsweep.telemetry; this module turns each step's vector
+The device side lives in gradsweep.telemetry.gradients; this module turns each step's vector
 into a row of named metrics, keeps what the verdict and the pictures need, and hands
 the row to the tracker (W&B or nothing).
 """
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradsweep.diagnosis import Thresholds, Verdict, diagnose, log10_ratio
-from gradsweep.layers import weight_layers
-from gradsweep.telemetry import Clipping, GradientTelemetry, select_params
+from gradsweep.fixes.layers import weight_layers
+from gradsweep.telemetry.diagnosis import Thresholds, Verdict, diagnose, log10_ratio
+from gradsweep.telemetry.gradients import Clipping, GradientTelemetry, select_params
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class GradientMonitor:
 
     `sample` is a batch the model accepts; one forward pass of it (eval mode, no
     grad) finds the weight layers in forward order. `tracker` is anything with a
-    `log(metrics, step)` method (gradsweep.tracking), or None. `sync_free` (default: on
+    `log(metrics, step)` method (gradsweep.tracking.tracker), or None. `sync_free` (default: on
     CUDA) keeps the host from ever waiting for the device: clipping is decided on the
     device and each step's values are read a step later. Elsewhere the host reads them at
     once and decides clipping itself, which spares the device work on steps that do not

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gradsweep.scan import FIX_GROUPS, ScanResult, ScanRow
+from gradsweep.scan.scanner import FIX_GROUPS, ScanResult, ScanRow
 
 # The scalar columns every format shows after the configuration's choices.
 SCALARS = (
@@ -165,7 +165,7 @@ def heatmap(result: ScanResult, path: Path) -> Path:
     share a measurement (the clipping choices) share a row."""
     import numpy as np
 
-    from gradsweep.pictures import _pyplot
+    from gradsweep.run.pictures import _pyplot
 
     seen: dict[tuple[str, ...], ScanRow] = {}
     for row in result.rows:
@@ -225,7 +225,7 @@ def log_to_wandb(result: ScanResult, rows: list[dict[str, Any]], picture: Path, 
 
     Returns the tracker's mode ("none" or "disabled" when nothing was logged).
     """
-    from gradsweep.tracking import start_tracking
+    from gradsweep.tracking.tracker import start_tracking
 
     config = {
         "scan/source": result.grid.source,

@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gradsweep.layers import is_weight_layer, probe_forward
+from gradsweep.fixes.layers import is_weight_layer, probe_forward
 
 # Modules whose forward is known and holds no activation call to swap: torch's own
 # (nn.Sequential, nn.Linear, ...) and gradsweep's (Residual, Shortcut).

@@ -1,7 +1,7 @@
 """The built-in models: plain deep stacks, as a practitioner would first write them.
 
 They use sigmoid and PyTorch's default init on purpose: this is the network whose
-gradients vanish. The fixes are transforms applied afterwards (gradsweep.fixes), the
+gradients vanish. The fixes are transforms applied afterwards (gradsweep.fixes.pipeline), the
 same ones that fix a user's own model.
 """
 

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from gradsweep.activations import is_activation
-from gradsweep.data import Batches, Data
-from gradsweep.monitor import GradientMonitor
-from gradsweep.training import build_model, stream_seed, thresholds_from_config
+from gradsweep.data.load import Batches, Data
+from gradsweep.fixes.activations import is_activation
+from gradsweep.run.training import build_model, stream_seed, thresholds_from_config
+from gradsweep.telemetry.monitor import GradientMonitor
 
 # A saturating unit counts as saturated where its local derivative is below this share of the
 # derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).

@@ -1,0 +1,1 @@
+"""The `gradsweep` command: one module per subcommand, registered in `main`."""
