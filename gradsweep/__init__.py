@@ -25,7 +25,7 @@ _EXPORTS = {
     "projection": "gradsweep.fixes.skips",
     "Residual": "gradsweep.fixes.skips",
     "Shortcut": "gradsweep.fixes.skips",
-    "ShapeMismatchError": "gradsweep.fixes.skips",
+    "ShapeMismatchError": "gradsweep.errors",
     "initialize": "gradsweep.fixes.initialization",
     "weight_layers": "gradsweep.fixes.layers",
     "GradientMonitor": "gradsweep.telemetry.monitor",

@@ -1,12 +1,31 @@
-"""The errors a user can fix, shown as one clear message (never a traceback), and exit codes."""
+"""The errors a user can fix, shown as one clear message (never a traceback), and exit codes.
+
+Every class lives here, so that any module, however light, can raise one: this module imports
+nothing of gradsweep.
+"""
 
 from __future__ import annotations
 
-from gradsweep.data.load import DataError
-from gradsweep.fixes.skips import ShapeMismatchError
-from gradsweep.run.checkpoint import CheckpointError
-from gradsweep.run.validate import ConfigError
-from gradsweep.sweeps.definition import SweepError
+
+class ConfigError(ValueError):
+    """A config value that makes no sense; the message names the fix."""
+
+
+class DataError(Exception):
+    """A dataset that cannot be loaded, with a message naming the fix."""
+
+
+class ShapeMismatchError(ValueError):
+    """A shortcut whose output shape differs from its block's: never broadcast silently."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed, with what to do about it."""
+
+
+class SweepError(ValueError):
+    """A sweep definition or sweep folder the user must fix; the message says how."""
+
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradsweep
+from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes import graphs
 from gradsweep.fixes.activations import node_kind
 from gradsweep.fixes.layers import weight_layers
-from gradsweep.fixes.skips import Residual, ShapeMismatchError, Shortcut, add_residual
+from gradsweep.fixes.skips import Residual, Shortcut, add_residual
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from gradsweep.config import compose
+from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes.layers import weight_layers
 from gradsweep.fixes.pipeline import apply_fixes
-from gradsweep.fixes.skips import Residual, ShapeMismatchError, add_residual, projection
+from gradsweep.fixes.skips import Residual, add_residual, projection
 from gradsweep.run.models import create_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsweep.errors import EXIT_NON_FINITE
-from gradsweep.run.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
+from gradsweep.errors import EXIT_NON_FINITE, CheckpointError
+from gradsweep.run.checkpoint import checkpoint_path, save_checkpoint
 from gradsweep.run.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_nan_stops_the_run_with_its_own_exit_code(tmp_path) -> None:
 def test_unwritable_run_folder_is_named(make_cfg, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    from gradsweep.run.validate import ConfigError
+    from gradsweep.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot write to the run folder"):
         train(make_cfg(max_steps=2), run_dir=blocker / "run")

@@ -16,8 +16,8 @@ from torch import nn
 
 from gradsweep.cli.main import main
 from gradsweep.config import compose
+from gradsweep.errors import ConfigError
 from gradsweep.run.training import train
-from gradsweep.run.validate import ConfigError
 from gradsweep.scan.measure import ActivationProbe
 from gradsweep.scan.report import render
 from gradsweep.scan.scanner import GridComposer, is_inert, load_grid, parse_grid, scan

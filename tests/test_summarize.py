@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gradsweep.cli.main import main
-from gradsweep.sweeps.definition import FIX_GROUPS, SweepError
+from gradsweep.errors import SweepError
+from gradsweep.sweeps.definition import FIX_GROUPS
 from gradsweep.sweeps.report import Selection, build_report, describe, panel_specs
 from gradsweep.sweeps.summarize import collect, compare, render, summarize
 

@@ -12,7 +12,8 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from gradsweep.cli.main import main
-from gradsweep.sweeps.definition import SweepError, load_definition
+from gradsweep.errors import SweepError
+from gradsweep.sweeps.definition import load_definition
 from gradsweep.sweeps.runner import (
     FINISHED,
     INTERRUPTED,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from gradsweep.errors import ConfigError
 from gradsweep.run.training import evaluate, stream_seed, train
-from gradsweep.run.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from gradsweep.data import cache as data_cache
+from gradsweep.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ _BUNDLED_MAX_VAL = 1000
 # The validation split is drawn with this seed, whatever the run's seed, so that every run of a
 # sweep validates on the same images.
 _SPLIT_SEED = 0
-
-
-class DataError(Exception):
-    """A dataset that cannot be loaded, with a message naming the fix."""
 
 
 class _Unavailable(DataError):

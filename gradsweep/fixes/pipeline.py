@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes.activations import dominant_activation, swap_activations
 from gradsweep.fixes.initialization import initialize
 from gradsweep.fixes.norms import insert_norms
-from gradsweep.fixes.skips import ShapeMismatchError, add_residual
+from gradsweep.fixes.skips import add_residual
 
 # Options meaning "leave the model as it is" for each fix group.
 UNCHANGED = {"keep", "none", "default"}
@@ -75,7 +76,7 @@ def apply_fixes(model: nn.Module, cfg, sample: torch.Tensor) -> list[str]:
     the model accepts, used to infer shortcut shapes. Returns one account line per
     fix that changed something.
     """
-    from gradsweep.run.validate import ConfigError
+    from gradsweep.errors import ConfigError
 
     skip = cfg.skip
     modules = skip.get("modules")

@@ -21,15 +21,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes import graphs
 from gradsweep.fixes.activations import describe, is_activation, node_kind
 from gradsweep.fixes.layers import is_weight_layer, probe_forward, set_children
 
 PLACEMENTS = ("all", "nearest_input", "nearest_output")
-
-
-class ShapeMismatchError(ValueError):
-    """A shortcut whose output shape differs from its block's: never broadcast silently."""
 
 
 class Residual(nn.Module):

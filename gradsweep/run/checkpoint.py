@@ -18,14 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from gradsweep.errors import CheckpointError
 from gradsweep.summary import flat_config
 
 FORMAT = "gradsweep-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed, with what to do about it."""
 
 
 def checkpoint_path(run_dir: Path) -> Path:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from gradsweep.data.load import Batches, Data, iterate_eval, load_data
+from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import dominant_activation
 from gradsweep.fixes.pipeline import UNCHANGED, apply_fixes
 from gradsweep.run.checkpoint import (
@@ -35,7 +36,7 @@ from gradsweep.run.checkpoint import (
 from gradsweep.run.console import Progress, report
 from gradsweep.run.models import create_model
 from gradsweep.run.optimizers import create_optimizer
-from gradsweep.run.validate import ConfigError, check_config
+from gradsweep.run.validate import check_config
 from gradsweep.signals import StopRequest
 from gradsweep.summary import CHOICE_GROUPS, flat_config, group_choice, write_json_atomic
 from gradsweep.telemetry.diagnosis import Thresholds, advise

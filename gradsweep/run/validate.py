@@ -12,6 +12,7 @@ from numbers import Real
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.config import is_custom
+from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import ACTIVATIONS
 from gradsweep.fixes.skips import PLACEMENTS
 
@@ -21,10 +22,6 @@ DATA_SOURCES = ("auto", "full", "bundled")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 TELEMETRY_PARAMS = ("all", "weights")
 PRECISIONS = ("32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A config value that makes no sense; the message names the fix."""
 
 
 def _number(value: object) -> bool:

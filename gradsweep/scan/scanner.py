@@ -77,7 +77,7 @@ class Grid:
 def _config_error(message: str) -> Exception:
     """gradsweep.run.validate's ConfigError (shown as one line), imported when needed: that module
     pulls in torch, which `gradsweep --help` should not wait for."""
-    from gradsweep.run.validate import ConfigError
+    from gradsweep.errors import ConfigError
 
     return ConfigError(message)
 
@@ -408,9 +408,9 @@ def _measure_all(
     import torch
 
     from gradsweep.data.load import load_data
-    from gradsweep.fixes.skips import ShapeMismatchError
+    from gradsweep.errors import ConfigError, ShapeMismatchError
     from gradsweep.run.training import pick_device
-    from gradsweep.run.validate import ConfigError, check_config
+    from gradsweep.run.validate import check_config
     from gradsweep.scan.measure import measure, quiet
 
     datasets: dict[str, Any] = {}

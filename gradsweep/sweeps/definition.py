@@ -20,16 +20,14 @@ from typing import Any
 
 import yaml
 
+from gradsweep.errors import SweepError
+
 # The fixes, in the order the diagnosis advises them.
 FIX_GROUPS = ("activation", "init", "norm", "skip", "clipping")
 # The command wandb uses when a definition has none: `--key=value`, which Hydra rejects.
 AGENT_DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 # Argument macros whose `key=value` form Hydra accepts as overrides.
 HYDRA_ARG_MACROS = ("${args_no_hyphens}", "${args_override_hydra}", "${args_append_hydra}")
-
-
-class SweepError(ValueError):
-    """A sweep definition or sweep folder the user must fix; the message says how."""
 
 
 @dataclass(frozen=True)

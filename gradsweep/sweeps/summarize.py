@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from gradsweep.sweeps.definition import FIX_GROUPS, SweepError
+from gradsweep.errors import SweepError
+from gradsweep.sweeps.definition import FIX_GROUPS
 
 FORMATS = ("table", "csv", "json", "md")
 METRICS = ("grad_flow/log10_ratio", "val/acc", "val/acc_best", "clip/hit_rate")
