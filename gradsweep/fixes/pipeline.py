@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from gradsweep.errors import ShapeMismatchError
+from gradsweep.errors import ConfigError, ShapeMismatchError
 from gradsweep.fixes.activations import dominant_activation, swap_activations
 from gradsweep.fixes.initialization import initialize
 from gradsweep.fixes.norms import insert_norms
@@ -76,31 +76,25 @@ def apply_fixes(model: nn.Module, cfg, sample: torch.Tensor) -> list[str]:
     the model accepts, used to infer shortcut shapes. Returns one account line per
     fix that changed something.
     """
-    from gradsweep.errors import ConfigError
-
     skip = cfg.skip
     modules = skip.get("modules")
     try:
-        return _fix_from_config(model, cfg, sample, skip, modules)
+        return fix(
+            model,
+            sample,
+            activation=cfg.activation.name,
+            norm=cfg.norm.name,
+            skip=skip.name,
+            init=cfg.init.name,
+            negative_slope=cfg.activation.get("negative_slope", 0.01),
+            num_groups=cfg.norm.get("num_groups", 8),
+            block_size=skip.get("block_size", 2),
+            placement=skip.get("placement", "all"),
+            count=skip.get("count", 3),
+            modules=list(modules) if modules is not None else None,
+            activation_options={k: v for k, v in cfg.activation.items() if k != "name"},
+        )
     except ShapeMismatchError:
         raise
     except ValueError as error:  # e.g. skip.modules naming no module: the user's to fix
         raise ConfigError(str(error)) from error
-
-
-def _fix_from_config(model: nn.Module, cfg, sample: torch.Tensor, skip, modules) -> list[str]:
-    return fix(
-        model,
-        sample,
-        activation=cfg.activation.name,
-        norm=cfg.norm.name,
-        skip=skip.name,
-        init=cfg.init.name,
-        negative_slope=cfg.activation.get("negative_slope", 0.01),
-        num_groups=cfg.norm.get("num_groups", 8),
-        block_size=skip.get("block_size", 2),
-        placement=skip.get("placement", "all"),
-        count=skip.get("count", 3),
-        modules=list(modules) if modules is not None else None,
-        activation_options={k: v for k, v in cfg.activation.items() if k != "name"},
-    )

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradsweep.config import compose as hydra_compose
 from gradsweep.config import find_conf_dir
+from gradsweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,6 @@ class Grid:
         return list(itertools.product(*(self.axes[name] for name in names)))
 
 
-def _config_error(message: str) -> Exception:
-    """gradsweep.run.validate's ConfigError (shown as one line), imported when needed: that module
-    pulls in torch, which `gradsweep --help` should not wait for."""
-    from gradsweep.errors import ConfigError
-
-    return ConfigError(message)
-
-
 def compose(overrides: Sequence[str], conf_dir: str | None = None) -> DictConfig:
     """gradsweep.config.compose, with Hydra's errors (an unknown option, a bad key) shown as
     a message rather than a traceback."""
@@ -90,7 +83,7 @@ def compose(overrides: Sequence[str], conf_dir: str | None = None) -> DictConfig
     try:
         return hydra_compose(overrides, conf_dir)
     except HydraException as error:
-        raise _config_error(f"scan: {' '.join(overrides)}: {error}") from None
+        raise ConfigError(f"scan: {' '.join(overrides)}: {error}") from None
 
 
 def is_inert(key: str) -> bool:
@@ -118,13 +111,13 @@ def parse_grid(overrides: Sequence[str], source: str = "command line") -> Grid:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as error:
-        raise _config_error(f"scan: {error}") from None
+        raise ConfigError(f"scan: {error}") from None
     entries: dict[str, tuple[str, ...]] = {}
     for override in parsed:
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
-                raise _config_error(
+                raise ConfigError(
                     f"scan: {key} is an interval; the scan needs a list of values (a=x,y, range())"
                 )
             values = tuple(f"{key}={value}" for value in override.sweep_string_iterator())
@@ -149,11 +142,9 @@ def sweep_overrides(sweep: Mapping[str, Any], source: str = "sweep") -> list[str
     overrides = []
     for key, spec in (sweep.get("parameters") or {}).items():
         if not isinstance(spec, Mapping):
-            raise _config_error(
-                f"scan: {source}: parameter {key} must be a mapping (values: [...])"
-            )
+            raise ConfigError(f"scan: {source}: parameter {key} must be a mapping (values: [...])")
         if "parameters" in spec:
-            raise _config_error(
+            raise ConfigError(
                 f"scan: {source}: parameter {key} nests `parameters`; Hydra takes only flat "
                 f"key=value overrides (write {key}.<name> instead)"
             )
@@ -162,7 +153,7 @@ def sweep_overrides(sweep: Mapping[str, Any], source: str = "sweep") -> list[str
         elif "value" in spec:
             overrides.append(f"{key}={_hydra_value(spec['value'])}")
         else:
-            raise _config_error(
+            raise ConfigError(
                 f"scan: {source}: parameter {key} is a distribution ({', '.join(spec)}); "
                 "the scan enumerates configurations: give it `values`"
             )
@@ -183,10 +174,10 @@ def load_grid(inputs: Sequence[str], conf_dir: str | None = None) -> Grid:
     import yaml
 
     if not sweep_file.is_file():
-        raise _config_error(f"scan: no sweep definition at {sweep_file}")
+        raise ConfigError(f"scan: no sweep definition at {sweep_file}")
     sweep = yaml.safe_load(sweep_file.read_text()) or {}
     if not isinstance(sweep, Mapping):
-        raise _config_error(f"scan: {sweep_file} is not a sweep definition (a YAML mapping)")
+        raise ConfigError(f"scan: {sweep_file} is not a sweep definition (a YAML mapping)")
     return parse_grid(sweep_overrides(sweep, str(sweep_file)) + inputs, source=str(sweep_file))
 
 
@@ -201,7 +192,7 @@ def _hydra_value(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        raise _config_error(f"scan: a sweep value must be flat, not {value!r}")
+        raise ConfigError(f"scan: a sweep value must be flat, not {value!r}")
     text = str(value)
     if _PLAIN.fullmatch(text):
         return text
@@ -350,7 +341,7 @@ def scan(grid: Grid, seeds: int = 3, steps: int = 1, conf_dir: str | None = None
     seed, as `seed=` is for a training run.
     """
     if seeds < 1 or steps < 1:
-        raise _config_error(f"scan: --seeds {seeds} --steps {steps}: each must be at least 1")
+        raise ConfigError(f"scan: --seeds {seeds} --steps {steps}: each must be at least 1")
     start = time.perf_counter()
     base = compose(grid.fixed, conf_dir)
     inert = [axis for axis in grid.axes if _inert_axis(grid, axis, base, conf_dir)]
@@ -408,7 +399,7 @@ def _measure_all(
     import torch
 
     from gradsweep.data.load import load_data
-    from gradsweep.errors import ConfigError, ShapeMismatchError
+    from gradsweep.errors import ShapeMismatchError
     from gradsweep.run.training import pick_device
     from gradsweep.run.validate import check_config
     from gradsweep.scan.measure import measure, quiet
