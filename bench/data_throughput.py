@@ -4,7 +4,7 @@
 
 Batch 128, shuffled, on the CPU, in one process (DataLoader workers are processes of their own).
 
-  gradsweep     gradsweep.data.load.Batches over the split held as one normalized float tensor:
+  gradsweep     gradsweep.data.batches.Batches over the split held as one normalized float tensor:
                 a batch is an index_select of a random permutation; with augment, a random
                 crop (reflect padding 4) and horizontal flip of the whole batch at once
   DataLoader    torchvision's dataset class, transform ToTensor + Normalize (with augment:
@@ -46,7 +46,9 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradsweep.data.load import Batches, Data, load_data
+from gradsweep.data.batches import Batches
+from gradsweep.data.load import load_data
+from gradsweep.data.tensors import Data
 
 BATCH = 128
 

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Epoch seconds first, so the marks can be read back exactly.
 LOG_FORMAT = "hydra.job_logging.formatters.simple.format='@%(created).6f %(name)s %(message)s'"
 MARKS = {
-    "data": "gradsweep.data.load data:",
+    "data": "gradsweep.data.tensors data:",
     "wandb": "gradsweep.tracking.tracker W&B:",
     "first step": "gradsweep.run.training training steps",
 }

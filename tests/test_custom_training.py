@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import gradsweep
 from gradsweep.cli.main import main as gradsweep_main
-from gradsweep.data.load import Batches, load_data
+from gradsweep.data.batches import Batches
+from gradsweep.data.load import load_data
 from gradsweep.run.optimizers import create_optimizer
 from gradsweep.run.training import build_model, stream_seed, train
 from gradsweep.tracking.wandb_records import find_runs, read_run

@@ -1,4 +1,4 @@
-"""gradsweep.data.load: sources, splits, normalization, batches and augmentation.
+"""gradsweep.data: sources, splits, normalization, batches and augmentation.
 
 Offline and on CPU, through the real torchvision dataset classes: the datasets are tiny files in
 the real on-disk formats (tests/datasets.py), written to tmp_path.
@@ -18,16 +18,11 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.data.load import (
-    Batches,
-    Data,
-    DataError,
-    dataset_shape,
-    iterate_eval,
-    load_data,
-    random_crop_flip,
-    resolve_source,
-)
+from gradsweep.data.batches import Batches, iterate_eval, random_crop_flip
+from gradsweep.data.load import load_data
+from gradsweep.data.sources import dataset_shape, resolve_source
+from gradsweep.data.tensors import Data
+from gradsweep.errors import DataError
 from tests.datasets import cifar10_without_md5, write_cifar10, write_mnist
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"

@@ -21,7 +21,8 @@ import torch
 from omegaconf import OmegaConf
 
 from gradsweep.data import cache as data_cache
-from gradsweep.data.load import Data, load_data
+from gradsweep.data.load import load_data
+from gradsweep.data.tensors import Data
 from gradsweep.errors import DataError
 from tests.datasets import cifar10_without_md5, write_cifar10, write_mnist
 

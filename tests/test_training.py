@@ -178,7 +178,7 @@ def test_offline_wandb_run_holds_a_row_per_step_and_the_verdict(
 
 
 def make_model_params(cfg) -> list:
-    from gradsweep.data.load import dataset_shape
+    from gradsweep.data.sources import dataset_shape
     from gradsweep.fixes.pipeline import apply_fixes
     from gradsweep.run.models import create_model
 

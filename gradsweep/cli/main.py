@@ -17,7 +17,7 @@ def _show(args: argparse.Namespace) -> int:
     import torch
 
     from gradsweep.config import compose
-    from gradsweep.data.load import dataset_shape
+    from gradsweep.data.sources import dataset_shape
     from gradsweep.fixes.layers import weight_layers
     from gradsweep.fixes.pipeline import apply_fixes
     from gradsweep.run.models import create_model

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from gradsweep.data.load import Batches, Data, iterate_eval, load_data
+from gradsweep.data.batches import Batches, iterate_eval
+from gradsweep.data.load import load_data
+from gradsweep.data.tensors import Data
 from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import dominant_activation
 from gradsweep.fixes.pipeline import UNCHANGED, apply_fixes

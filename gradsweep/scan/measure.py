@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from gradsweep.data.load import Batches, Data
+from gradsweep.data.batches import Batches
+from gradsweep.data.tensors import Data
 from gradsweep.fixes.activations import is_activation
 from gradsweep.run.training import build_model, stream_seed, thresholds_from_config
 from gradsweep.telemetry.monitor import GradientMonitor
