@@ -22,9 +22,9 @@ _EXPORTS = {
     "swap_activations": "gradsweep.fixes.activations",
     "insert_norms": "gradsweep.fixes.norms",
     "add_residual": "gradsweep.fixes.skips",
-    "projection": "gradsweep.fixes.skips",
-    "Residual": "gradsweep.fixes.skips",
-    "Shortcut": "gradsweep.fixes.skips",
+    "projection": "gradsweep.fixes.residual",
+    "Residual": "gradsweep.fixes.residual",
+    "Shortcut": "gradsweep.fixes.residual",
     "ShapeMismatchError": "gradsweep.errors",
     "initialize": "gradsweep.fixes.initialization",
     "weight_layers": "gradsweep.fixes.layers",
@@ -51,18 +51,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from gradsweep.errors import ShapeMismatchError
     from gradsweep.fixes.activations import swap_activations
     from gradsweep.fixes.initialization import initialize
     from gradsweep.fixes.layers import weight_layers
     from gradsweep.fixes.norms import insert_norms
     from gradsweep.fixes.pipeline import apply_fixes, fix
-    from gradsweep.fixes.skips import (
-        Residual,
-        ShapeMismatchError,
-        Shortcut,
-        add_residual,
-        projection,
-    )
+    from gradsweep.fixes.residual import Residual, Shortcut, projection
+    from gradsweep.fixes.skips import add_residual
     from gradsweep.telemetry.diagnosis import Verdict
     from gradsweep.telemetry.gradients import Clipping
     from gradsweep.telemetry.monitor import GradientMonitor

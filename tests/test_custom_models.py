@@ -16,7 +16,8 @@ from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes import graphs
 from gradsweep.fixes.activations import node_kind
 from gradsweep.fixes.layers import weight_layers
-from gradsweep.fixes.skips import Residual, Shortcut, add_residual
+from gradsweep.fixes.residual import Residual, Shortcut
+from gradsweep.fixes.skips import add_residual
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 

@@ -13,7 +13,8 @@ from gradsweep.config import compose
 from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes.layers import weight_layers
 from gradsweep.fixes.pipeline import apply_fixes
-from gradsweep.fixes.skips import Residual, add_residual, projection
+from gradsweep.fixes.residual import Residual, projection
+from gradsweep.fixes.skips import add_residual
 from gradsweep.run.models import create_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

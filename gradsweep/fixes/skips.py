@@ -18,83 +18,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.fx as fx
 from torch import nn
 
-from gradsweep.errors import ShapeMismatchError
 from gradsweep.fixes import graphs
-from gradsweep.fixes.activations import describe, is_activation, node_kind
+from gradsweep.fixes.activations import is_activation, node_kind
 from gradsweep.fixes.layers import is_weight_layer, probe_forward, set_children
-
-PLACEMENTS = ("all", "nearest_input", "nearest_output")
-
-
-class Residual(nn.Module):
-    """out = body(x) + shortcut(x); the shortcut is the identity or a learned projection."""
-
-    def __init__(self, body: nn.Module, shortcut: nn.Module | None = None) -> None:
-        super().__init__()
-        self.body = body
-        self.shortcut = shortcut if shortcut is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _add(self.body(x), self.shortcut(x))
-
-
-class Shortcut(nn.Module):
-    """out + projection(x): the residual connection placed in a traced forward.
-
-    Called with the block's output and its input; the projection is the identity or
-    a learned map (see `projection`).
-    """
-
-    def __init__(self, projection: nn.Module | None = None) -> None:
-        super().__init__()
-        self.projection = projection if projection is not None else nn.Identity()
-
-    def forward(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _add(out, self.projection(x))
-
-
-def _add(out: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    # A shape comparison costs a microsecond; a silent broadcast of (B, 256) with
-    # (B, 1) would cost the user a day.
-    if out.shape != skip.shape:
-        raise ShapeMismatchError(
-            f"residual block output {tuple(out.shape)} does not match its shortcut "
-            f"{tuple(skip.shape)}"
-        )
-    return out + skip
-
-
-def projection(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
-    """A learned map from x's shape to y's: Identity, Linear without bias, or 1x1 conv.
-
-    Raises ShapeMismatchError, naming both shapes, when no such map exists.
-    """
-    if x.shape == y.shape:
-        return nn.Identity()
-    mismatch = ShapeMismatchError(
-        f"no projection maps a block input of shape {tuple(x.shape)} to its output "
-        f"{tuple(y.shape)}: a shortcut needs the same rank and, for images, a size "
-        "that an integer stride reaches"
-    )
-    if x.dim() == 2 and y.dim() == 2:
-        proj: nn.Module = nn.Linear(x.shape[1], y.shape[1], bias=False)
-    elif x.dim() == 4 and y.dim() == 4:
-        stride = x.shape[-1] // y.shape[-1] if y.shape[-1] else 0
-        if stride < 1:
-            raise mismatch
-        proj = nn.Conv2d(x.shape[1], y.shape[1], kernel_size=1, stride=stride, bias=False)
-    else:
-        raise mismatch
-    # Shortcut projections are not counted among the weight layers telemetry indexes.
-    proj.is_shortcut_projection = True  # type: ignore[assignment]
-    proj = proj.to(device=x.device, dtype=x.dtype)
-    with torch.no_grad():
-        if proj(x).shape != y.shape:
-            raise mismatch
-    return proj
+from gradsweep.fixes.residual import (
+    PLACEMENTS,
+    Residual,
+    place_blocks,
+    projection,
+    projections_note,
+    shapes_note,
+)
+from gradsweep.fixes.skip_graphs import residual_in_graphs, traced_runs, widen_in_graph
 
 
 def _units(children: list[nn.Module]) -> list[tuple[int, int]]:
@@ -156,14 +93,14 @@ def add_residual(
     stack = _main_sequential(model)
     children = list(stack) if stack is not None else []
     blocks = _blocks(_units(children), block_size)
-    traced, failures = _traced_runs(model)
+    traced, failures = traced_runs(model)
     if sum(len(run) for _, _, runs in traced for run in runs) > len(_units(children)):
         # The forwards' own code holds more of the model than any Sequential.
-        return _residual_in_graphs(model, sample, traced, block_size, placement, count)
+        return residual_in_graphs(model, sample, traced, block_size, placement, count)
     if not blocks:
         notes = "".join(f"; {failure}" for failure in failures)
         return "skip: found no chain of weight layer + activation to wrap; nothing changed" + notes
-    chosen = _place(blocks, placement, count)
+    chosen = place_blocks(blocks, placement, count)
     assert stack is not None
 
     # What enters each child (and the stack's output), from one no-grad pass.
@@ -185,151 +122,7 @@ def add_residual(
     set_children(stack, rebuilt)
 
     account = f"skip: wrapped {len(chosen)} of {len(blocks)} blocks of {block_size} with shortcuts"
-    return account + _projections(described)
-
-
-def _residual_in_graphs(
-    model: nn.Module,
-    sample: torch.Tensor,
-    traced: list,
-    block_size: int,
-    placement: str,
-    count: int,
-) -> str:
-    """Shortcuts in traced forwards, blocks taken in the order a forward pass meets them."""
-    order = graphs.module_inputs(model, sample, [module for module, _, _ in traced])
-    called = list(order)
-    traced.sort(key=lambda item: called.index(item[0]) if item[0] in order else len(called))
-    blocks = [
-        (module, run[start], run[min(start + block_size, len(run)) - 1])
-        for module, _, runs in traced
-        for run in runs
-        for start in range(0, len(run), block_size)
-    ]
-    chosen = _place(blocks, placement, count)
-    described: list[str] = []
-    where: dict[str, int] = {}
-    for module, graph, _ in traced:
-        mine = [(first, last) for owner, first, last in chosen if owner is module]
-        if mine:
-            described += _shortcuts_in_graph(module, graph, order.get(module), mine)
-            name = graphs.class_name(module)
-            where[name] = where.get(name, 0) + 1
-    account = (
-        f"skip: wrapped {len(chosen)} of {len(blocks)} blocks of {block_size} with shortcuts "
-        f"in {graphs.forwards(where)} (traced with torch.fx; each block spans its layers and "
-        "their activations)"
-    )
-    return account + _projections(described)
-
-
-def _projections(described: list[str]) -> str:
-    """ " (3 with projections: (784,)->(256,), (16, 7, 7)->(64, 7, 7) x2)"; repeats counted."""
-    if not described:
-        return ""
-    counts: dict[str, int] = {}
-    for shapes in described:
-        counts[shapes] = counts.get(shapes, 0) + 1
-    listed = ", ".join(f"{shapes} x{n}" if n > 1 else shapes for shapes, n in counts.items())
-    return f" ({len(described)} with projections: {listed})"
-
-
-def _place(blocks: list, placement: str, count: int) -> list:
-    if placement == "nearest_input":
-        return blocks[:count]
-    if placement == "nearest_output":
-        return blocks[-count:]
-    return blocks
-
-
-# A unit in a traced graph: the node calling a weight layer, and the activation node
-# that ends it (the layer's output reaches it through norms or dropout only).
-Unit = tuple[fx.Node, fx.Node]
-
-
-def _unit_end(root: nn.Module, node: fx.Node) -> fx.Node | None:
-    """The activation node that `node`'s output feeds through single-use layers, if any."""
-    current = node
-    while len(current.users) == 1:
-        (user,) = current.users
-        if node_kind(root, user) is not None:
-            return user
-        module = graphs.called_module(root, user)
-        passes = module is not None and not is_weight_layer(module) and user.args == (current,)
-        if not passes or graphs.is_editable(module):
-            return None
-        current = user
-    return None
-
-
-def _graph_runs(root: nn.Module, graph: fx.Graph) -> list[list[Unit]]:
-    """Runs of units in forward order, each feeding the next directly."""
-    runs: list[list[Unit]] = []
-    for node in graph.nodes:
-        layer = graphs.called_module(root, node)
-        if layer is None or not is_weight_layer(layer):
-            continue
-        if not node.args or not isinstance(node.args[0], fx.Node):
-            continue
-        end = _unit_end(root, node)
-        if end is None:
-            continue
-        previous = runs[-1][-1][1] if runs else None
-        if previous is node.args[0] and len(previous.users) == 1:
-            runs[-1].append((node, end))
-        else:
-            runs.append([(node, end)])
-    return runs
-
-
-def _traced_runs(model: nn.Module):
-    """[(module, graph, runs)] for each traced forward holding units, and trace failures."""
-    traced = []
-    failures: list[str] = []
-    for _, module in graphs.editable_modules(model):
-        try:
-            graph = graphs.trace(module)
-        except graphs.TraceFailure as failure:
-            if graphs.holds_loose_layers(module):
-                failures.append(str(failure))
-            continue
-        runs = _graph_runs(module, graph)
-        if runs:
-            traced.append((module, graph, runs))
-    return traced, failures
-
-
-def _shortcuts_in_graph(
-    module: nn.Module,
-    graph: fx.Graph,
-    inputs: tuple[tuple, dict] | None,
-    blocks: list[tuple[Unit, Unit]],
-) -> list[str]:
-    """Add a Shortcut from each block's input to its last activation; install the graph.
-
-    `inputs` are the (args, kwargs) `module` received on the sample: they size the
-    projections.
-    """
-    if inputs is None:
-        raise ValueError(f"{graphs.class_name(module)} is not called when the model runs")
-    ends = [(first[0].args[0], last[1]) for first, last in blocks]
-    values = graphs.node_values(module, graph, inputs, {n for pair in ends for n in pair})
-    described = []
-    for (first, _), (x_node, y_node) in zip(blocks, ends, strict=True):
-        x, y = values[x_node], values[y_node]
-        # Wired to what enters the block now: an earlier shortcut may have replaced
-        # its input (same shape, so the recorded values still size the projection).
-        x_node = first[0].args[0]
-        shortcut = projection(x, y)
-        attribute = graphs.fresh_name(module, f"{first[0].target}_shortcut")
-        module.add_module(attribute, Shortcut(shortcut))
-        with graph.inserting_after(y_node):
-            add = graph.call_module(attribute, (y_node, x_node))
-        y_node.replace_all_uses_with(add, delete_user_cb=lambda use, add=add: use is not add)
-        if not isinstance(shortcut, nn.Identity):
-            described.append(f"{tuple(x.shape[1:])}->{tuple(y.shape[1:])}")
-    graphs.install(module, graph)
-    return described
+    return account + projections_note(described)
 
 
 def _wrap_named(model: nn.Module, sample: torch.Tensor, names: list[str]) -> str:
@@ -354,7 +147,7 @@ def _wrap_named(model: nn.Module, sample: torch.Tensor, names: list[str]) -> str
         widened = _widen_in_sequential(model, sample, name, target)
         reason = None
         if widened is None:
-            widened, reason = _widen_in_graph(model, sample, name, target)
+            widened, reason = widen_in_graph(model, sample, name, target)
         if widened is not None:
             done.append(widened)
         else:
@@ -396,12 +189,8 @@ def _wrap_whole(model: nn.Module, sample: torch.Tensor, name: str, target: nn.Mo
     x, y = _module_io(model, sample, target)
     shortcut = projection(x, y)
     setattr(parent, child_name, Residual(target, shortcut))
-    how = "identity" if isinstance(shortcut, nn.Identity) else f"projection {_shapes(x, y)}"
+    how = "identity" if isinstance(shortcut, nn.Identity) else f"projection {shapes_note(x, y)}"
     return f"{name} ({how})"
-
-
-def _shapes(x: torch.Tensor, y: torch.Tensor) -> str:
-    return f"{tuple(x.shape[1:])}->{tuple(y.shape[1:])}"
 
 
 def _module_io(model: nn.Module, sample: torch.Tensor, target: nn.Module):
@@ -441,39 +230,9 @@ def _widen_in_sequential(
     how = (
         "identity"
         if isinstance(shortcut, nn.Identity)
-        else f"projection {_shapes(inputs[start], inputs[end])}"
+        else f"projection {shapes_note(inputs[start], inputs[end])}"
     )
     return f"{name} widened to {kinds} ({how})"
-
-
-def _widen_in_graph(
-    model: nn.Module, sample: torch.Tensor, name: str, target: nn.Module
-) -> tuple[str | None, str | None]:
-    """Place the shortcut around layer + activation in the forward that calls the layer.
-
-    Returns (the account, None) when placed, else (None, why not, if known).
-    """
-    reason = None
-    for _, module in graphs.editable_modules(model):
-        try:
-            graph = graphs.trace(module)
-        except graphs.TraceFailure as failure:
-            reason = str(failure)
-            continue
-        for node in graph.nodes:
-            if graphs.called_module(module, node) is not target:
-                continue
-            end = _unit_end(module, node)
-            if end is None or not node.args or not isinstance(node.args[0], fx.Node):
-                return None, f"{graphs.class_name(module)}.forward uses its output otherwise"
-            inputs = graphs.module_inputs(model, sample, [module]).get(module)
-            described = _shortcuts_in_graph(module, graph, inputs, [((node, end), (node, end))])
-            how = f"projection {described[0]}" if described else "identity"
-            return (
-                f"{name} + its {describe(module, end)} in {graphs.class_name(module)}.forward "
-                f"(traced with torch.fx; {how})"
-            ), None
-    return None, reason
 
 
 def _main_sequential(model: nn.Module) -> nn.Sequential | None:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradsweep.config import is_custom
 from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import ACTIVATIONS
-from gradsweep.fixes.skips import PLACEMENTS
+from gradsweep.fixes.residual import PLACEMENTS
 
 log = logging.getLogger(__name__)
 
