@@ -1,11 +1,17 @@
-"""Composing the project's Hydra config outside `train.py` (CLI commands, tests)."""
+"""The project's config: composing it outside `train.py` (CLI commands, tests), and the run
+record's vocabulary.
+
+W&B's config, `summary.json`, sweeps and reports all read the same flat names: each group's
+choice under the group's name (`activation: relu`) and every other setting as a dotted key
+(`optimizer.lr: 0.01`), which is exactly how sweep parameters and Hydra overrides spell them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # The checkout's conf/ (the package is installed editable, beside it).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -37,3 +43,39 @@ def is_custom(cfg_model) -> bool:
     `keys()`, not `in`: omegaconf's `in` is False for a `???` value not yet given.
     """
     return "_target_" in cfg_model.keys()  # noqa: SIM118
+
+
+# The groups whose choice each run records under the group's own name.
+CHOICE_GROUPS = ("data", "model", "activation", "init", "norm", "skip", "clipping", "optimizer")
+
+
+GROUPS = (*CHOICE_GROUPS, "logger")
+
+
+def group_choice(cfg: DictConfig, group: str) -> str:
+    """The option chosen for `group` (a custom model reads as `custom`)."""
+    node = cfg[group]
+    if group == "model" and is_custom(node):
+        return "custom"
+    return str(node.name)
+
+
+def flat_config(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as flat keys: group choices plus dotted settings."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = node
+
+    for key, value in container.items():
+        if key in GROUPS and isinstance(value, dict):
+            flat[key] = group_choice(cfg, key)
+            walk(key, {k: v for k, v in value.items() if k != "name"})
+        else:
+            walk(str(key), value)
+    return flat

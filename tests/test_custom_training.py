@@ -16,8 +16,9 @@ import gradsweep
 from gradsweep.cli.main import main as gradsweep_main
 from gradsweep.data.batches import Batches
 from gradsweep.data.load import load_data
+from gradsweep.run.build import build_model, stream_seed
 from gradsweep.run.optimizers import create_optimizer
-from gradsweep.run.training import build_model, stream_seed, train
+from gradsweep.run.training import train
 from gradsweep.tracking.wandb_records import find_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from gradsweep.errors import ConfigError
-from gradsweep.run.training import evaluate, stream_seed, train
+from gradsweep.run.build import stream_seed
+from gradsweep.run.training import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ def _show(args: argparse.Namespace) -> int:
     from gradsweep.data.sources import dataset_shape
     from gradsweep.fixes.layers import weight_layers
     from gradsweep.fixes.pipeline import apply_fixes
+    from gradsweep.run.build import stream_seed
     from gradsweep.run.models import create_model
-    from gradsweep.run.training import stream_seed
     from gradsweep.run.validate import check_config
     from gradsweep.telemetry.gradients import select_params
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from gradsweep.config import flat_config
 from gradsweep.errors import CheckpointError
-from gradsweep.summary import flat_config
 
 FORMAT = "gradsweep-checkpoint"
 VERSION = 1

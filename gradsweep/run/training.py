@@ -9,7 +9,6 @@ Tests call `train(cfg, run_dir)` directly with a config from `hydra.compose`;
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import tempfile
@@ -21,12 +20,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from gradsweep.config import flat_config
 from gradsweep.data.batches import Batches, iterate_eval
 from gradsweep.data.load import load_data
 from gradsweep.data.tensors import Data
 from gradsweep.errors import ConfigError
-from gradsweep.fixes.activations import dominant_activation
-from gradsweep.fixes.pipeline import UNCHANGED, apply_fixes
+from gradsweep.files import write_json_atomic
+from gradsweep.run.build import build_model, pick_device, stream_seed
 from gradsweep.run.checkpoint import (
     checkpoint_path,
     config_hash,
@@ -36,38 +36,16 @@ from gradsweep.run.checkpoint import (
     save_checkpoint,
 )
 from gradsweep.run.console import Progress, report
-from gradsweep.run.models import create_model
 from gradsweep.run.optimizers import create_optimizer
+from gradsweep.run.record import build_summary
 from gradsweep.run.validate import check_config
 from gradsweep.signals import StopRequest
-from gradsweep.summary import CHOICE_GROUPS, flat_config, group_choice, write_json_atomic
-from gradsweep.telemetry.diagnosis import Thresholds, advise
+from gradsweep.telemetry.diagnosis import thresholds_from_config
 from gradsweep.telemetry.gradients import Clipping
 from gradsweep.telemetry.monitor import GradientMonitor
 from gradsweep.tracking.tracker import Tracker, start_tracking
 
 log = logging.getLogger(__name__)
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """An independent seed per random stream ("init", "data"), derived from `seed`.
-
-    Changing a fix changes how many numbers initialization draws; separate streams
-    keep the batch order identical across runs that share a seed.
-    """
-    digest = hashlib.sha256(f"{seed}/{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"trainer.device={name} but CUDA is not available; use trainer.device=cpu"
-        )
-    return device
 
 
 @torch.no_grad()
@@ -239,7 +217,7 @@ def _train(
 
     test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
     evals = {**progress, "test": test}
-    summary = _summarize(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
+    summary = build_summary(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
     report(monitor, summary, run_dir, tracker)
     write_json_atomic(run_dir / "summary.json", summary)
     tracker.update_summary(summary)
@@ -276,72 +254,6 @@ def _writable_run_dir(run_dir: Path | None) -> Path:
 def _saved_state(cfg: DictConfig, run_dir: Path) -> dict | None:
     path = checkpoint_path(run_dir)
     return load_checkpoint(path, config_hash(cfg)) if path.exists() else None
-
-
-def build_model(cfg: DictConfig, data: Data, device: torch.device) -> nn.Module:
-    """The configured model with its fixes applied, on `device`, seeded by the init stream."""
-    torch.manual_seed(stream_seed(cfg.seed, "init"))
-    model = create_model(cfg.model, data.input_shape, data.num_classes)
-    for line in apply_fixes(model, cfg, data.train_x[:8].cpu()):
-        log.info(line)
-    return model.to(device)
-
-
-def thresholds_from_config(cfg_telemetry: DictConfig) -> Thresholds:
-    return Thresholds(
-        vanishing_orders=cfg_telemetry.vanishing_orders,
-        exploding_orders=cfg_telemetry.exploding_orders,
-        small_norm=cfg_telemetry.small_norm,
-    )
-
-
-def _summarize(
-    cfg: DictConfig,
-    model: nn.Module,
-    data: Data,
-    monitor: GradientMonitor,
-    thresholds: Thresholds,
-    evals: dict,
-    steps: int,
-) -> dict[str, object]:
-    """The flat record of the run that summary.json and the W&B summary hold."""
-    verdict = monitor.verdict()
-    activation = group_choice(cfg, "activation")
-    if activation in UNCHANGED:  # advise on what the model really uses
-        activation = dominant_activation(model) or activation
-    clip_rate = monitor.clip.hit_rate if cfg.clipping.name != "none" else None
-    advice = advise(
-        verdict,
-        activation=activation,
-        init=group_choice(cfg, "init"),
-        norm=group_choice(cfg, "norm"),
-        skip=group_choice(cfg, "skip"),
-        batch_size=cfg.data.batch_size,
-        clip_hit_rate=clip_rate,
-        thresholds=thresholds,
-    )
-    summary: dict[str, object] = {
-        **{group: group_choice(cfg, group) for group in CHOICE_GROUPS},
-        "seed": cfg.seed,
-        "data.source": data.source,
-        "steps": steps,
-        "val/loss": evals["val"].get("loss", math.nan),
-        "val/acc": evals["val"].get("acc", math.nan),
-        "val/acc_best": evals["val_best"] if math.isfinite(evals["val_best"]) else math.nan,
-        "grad_flow/log10_ratio": verdict.log10_ratio,
-        "grad_flow/first": verdict.layer_medians[0] if verdict.layer_medians else math.nan,
-        "grad_flow/last": verdict.layer_medians[-1] if verdict.layer_medians else math.nan,
-        "diagnosis/verdict": verdict.label,
-        "diagnosis/reason": verdict.reason,
-        "diagnosis/advice": advice,
-    }
-    if clip_rate is not None:
-        summary["clip/hit_rate"] = clip_rate
-    if monitor.non_finite_step is not None:
-        summary["diagnosis/non_finite_step"] = monitor.non_finite_step
-    if evals["test"] is not None:
-        summary["test/loss"], summary["test/acc"] = evals["test"]["loss"], evals["test"]["acc"]
-    return summary
 
 
 def _hydra_output_dir() -> Path:

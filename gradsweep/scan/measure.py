@@ -27,7 +27,8 @@ from torch import nn
 from gradsweep.data.batches import Batches
 from gradsweep.data.tensors import Data
 from gradsweep.fixes.activations import is_activation
-from gradsweep.run.training import build_model, stream_seed, thresholds_from_config
+from gradsweep.run.build import build_model, stream_seed
+from gradsweep.telemetry.diagnosis import thresholds_from_config
 from gradsweep.telemetry.monitor import GradientMonitor
 
 # A saturating unit counts as saturated where its local derivative is below this share of the

@@ -400,7 +400,7 @@ def _measure_all(
 
     from gradsweep.data.load import load_data
     from gradsweep.errors import ShapeMismatchError
-    from gradsweep.run.training import pick_device
+    from gradsweep.run.build import pick_device
     from gradsweep.run.validate import check_config
     from gradsweep.scan.measure import measure, quiet
 
@@ -420,7 +420,7 @@ def _measure_all(
             if data_key not in datasets:
                 datasets[data_key] = load_data(cfg.data, device)
             with (
-                quiet("gradsweep.run.training", "gradsweep.fixes.pipeline"),
+                quiet("gradsweep.run.build", "gradsweep.fixes"),
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
             ):
                 seed_list = list(range(int(cfg.seed), int(cfg.seed) + seeds))
@@ -443,7 +443,7 @@ def _choice(cfg: DictConfig, group: str, chosen: Mapping[str, str]) -> str:
         return override_value(chosen[group])
     if group not in cfg:
         return ""
-    from gradsweep.summary import group_choice
+    from gradsweep.config import group_choice
 
     return group_choice(cfg, group)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gradsweep.summary import write_json_atomic
+from gradsweep.files import write_json_atomic
 from gradsweep.sweeps.definition import (
     SweepDefinition,
     SweepError,

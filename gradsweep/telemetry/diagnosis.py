@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from omegaconf import DictConfig
+
 from gradsweep.fixes.activations import RELU_FAMILY, SATURATING
 
 VERDICTS = ("vanishing", "exploding", "uniformly_small", "healthy", "non_finite")
@@ -24,6 +26,14 @@ class Thresholds:
     exploding_norm: float = 1e3  # or the global norm above this
     small_norm: float = 1e-4  # every layer below this: uniformly small
     weak_orders: float = 1.0  # healthy, but still this many orders down: try the next fix
+
+
+def thresholds_from_config(cfg_telemetry: DictConfig) -> Thresholds:
+    return Thresholds(
+        vanishing_orders=cfg_telemetry.vanishing_orders,
+        exploding_orders=cfg_telemetry.exploding_orders,
+        small_norm=cfg_telemetry.small_norm,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""The record of a finished run: the flat keys `summary.json` and the W&B summary hold."""
+
+from __future__ import annotations
+
+import math
+
+from omegaconf import DictConfig
+from torch import nn
+
+from gradsweep.config import CHOICE_GROUPS, group_choice
+from gradsweep.data.tensors import Data
+from gradsweep.fixes.activations import dominant_activation
+from gradsweep.fixes.pipeline import UNCHANGED
+from gradsweep.telemetry.diagnosis import Thresholds, advise
+from gradsweep.telemetry.monitor import GradientMonitor
+
+
+def build_summary(
+    cfg: DictConfig,
+    model: nn.Module,
+    data: Data,
+    monitor: GradientMonitor,
+    thresholds: Thresholds,
+    evals: dict,
+    steps: int,
+) -> dict[str, object]:
+    """The flat record of the run that summary.json and the W&B summary hold."""
+    verdict = monitor.verdict()
+    activation = group_choice(cfg, "activation")
+    if activation in UNCHANGED:  # advise on what the model really uses
+        activation = dominant_activation(model) or activation
+    clip_rate = monitor.clip.hit_rate if cfg.clipping.name != "none" else None
+    advice = advise(
+        verdict,
+        activation=activation,
+        init=group_choice(cfg, "init"),
+        norm=group_choice(cfg, "norm"),
+        skip=group_choice(cfg, "skip"),
+        batch_size=cfg.data.batch_size,
+        clip_hit_rate=clip_rate,
+        thresholds=thresholds,
+    )
+    summary: dict[str, object] = {
+        **{group: group_choice(cfg, group) for group in CHOICE_GROUPS},
+        "seed": cfg.seed,
+        "data.source": data.source,
+        "steps": steps,
+        "val/loss": evals["val"].get("loss", math.nan),
+        "val/acc": evals["val"].get("acc", math.nan),
+        "val/acc_best": evals["val_best"] if math.isfinite(evals["val_best"]) else math.nan,
+        "grad_flow/log10_ratio": verdict.log10_ratio,
+        "grad_flow/first": verdict.layer_medians[0] if verdict.layer_medians else math.nan,
+        "grad_flow/last": verdict.layer_medians[-1] if verdict.layer_medians else math.nan,
+        "diagnosis/verdict": verdict.label,
+        "diagnosis/reason": verdict.reason,
+        "diagnosis/advice": advice,
+    }
+    if clip_rate is not None:
+        summary["clip/hit_rate"] = clip_rate
+    if monitor.non_finite_step is not None:
+        summary["diagnosis/non_finite_step"] = monitor.non_finite_step
+    if evals["test"] is not None:
+        summary["test/loss"], summary["test/acc"] = evals["test"]["loss"], evals["test"]["acc"]
+    return summary
