@@ -45,6 +45,8 @@ def is_custom(cfg_model) -> bool:
     return "_target_" in cfg_model.keys()  # noqa: SIM118
 
 
+FIX_GROUPS = ("activation", "init", "norm", "skip", "clipping")
+
 # The groups whose choice each run records under the group's own name.
 CHOICE_GROUPS = ("data", "model", "activation", "init", "norm", "skip", "clipping", "optimizer")
 

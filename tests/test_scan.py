@@ -18,9 +18,11 @@ from gradsweep.cli.main import main
 from gradsweep.config import compose
 from gradsweep.errors import ConfigError
 from gradsweep.run.training import train
-from gradsweep.scan.measure import ActivationProbe
+from gradsweep.scan.composer import GridComposer, is_inert
+from gradsweep.scan.grid import load_grid, parse_grid
 from gradsweep.scan.report import render
-from gradsweep.scan.scanner import GridComposer, is_inert, load_grid, parse_grid, scan
+from gradsweep.scan.scanner import scan
+from gradsweep.telemetry.activation_probe import ActivationProbe
 from gradsweep.tracking.wandb_records import read_run
 
 SMALL = ["data.source=bundled", "logger=none"]

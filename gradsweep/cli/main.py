@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     show.add_argument("--code", action="store_true", help="print each forward the fixes rewrote")
     show.set_defaults(run=_show)
-    from gradsweep.scan.scanner import add_scan_command  # light: torch is imported when a scan runs
+    from gradsweep.cli.scan import add_scan_command  # light: torch is imported when a scan runs
 
     add_scan_command(commands)
     from gradsweep.cli.sweep_commands import add_commands  # sweep, summarize, report

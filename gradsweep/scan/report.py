@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gradsweep.scan.scanner import FIX_GROUPS, ScanResult, ScanRow
+from gradsweep.config import FIX_GROUPS
+from gradsweep.scan.result import ScanResult, ScanRow
 
 # The scalar columns every format shows after the configuration's choices.
 SCALARS = (

@@ -1,0 +1,98 @@
+"""The health of a model's activations: each activation layer's output spread and its share
+of saturated units (sigmoid, tanh) or dead units (the ReLU family), from forward hooks."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gradsweep.fixes.activations import is_activation
+
+# A saturating unit counts as saturated where its local derivative is below this share of the
+# derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).
+SATURATED_BELOW = 0.1
+
+
+# The ReLU family: flat (zero, or nearly: leaky, GELU, SiLU) for negative inputs. A unit of
+# these is dead when no sample of the batch gives it a positive input.
+RELU_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+)
+
+
+class ActivationProbe:
+    """Forward hooks on every activation module; statistics per call, in forward order.
+
+    Keyed by call order rather than by module, so a model that reuses one activation module
+    for every layer still gets one entry per layer. The statistics stay on the device until
+    `end_pass`, which brings a pass's values to the host in one transfer.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._pending: list[torch.Tensor] = []
+        self.passes: list[list[tuple[float, float, float]]] = []
+        self._handles = [
+            module.register_forward_hook(self._record)
+            for module in model.modules()
+            if is_activation(module)
+        ]
+
+    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        if not isinstance(output, torch.Tensor) or output.ndim < 2:
+            return
+        with torch.no_grad():
+            y = output.detach().float()
+            nan = y.new_full((), math.nan)
+            saturated = dead = nan
+            if isinstance(module, nn.Sigmoid):
+                saturated = (y * (1 - y) < SATURATED_BELOW * 0.25).float().mean()
+            elif isinstance(module, nn.Tanh):
+                saturated = (1 - y * y < SATURATED_BELOW).float().mean()
+            elif isinstance(module, RELU_TYPES) and inputs and isinstance(inputs[0], torch.Tensor):
+                # A unit (feature, or channel at a position) no sample of the batch activates.
+                dead = (inputs[0].detach() <= 0).all(dim=0).float().mean()
+            self._pending.append(torch.stack([y.std(), saturated, dead]))
+
+    def end_pass(self) -> None:
+        if self._pending:
+            values = torch.stack(self._pending).tolist()  # host sync: once per pass
+            self.passes.append([tuple(v) for v in values])
+        self._pending = []
+
+    def medians(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        """(std, saturated, dead) per activation call, each the median over the passes."""
+        std, saturated, dead = (
+            tuple(columns_median([[layer[k] for layer in p] for p in self.passes]))
+            for k in range(3)
+        )
+        return std, saturated, dead
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def nanmedian(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else math.nan
+
+
+def columns_median(rows) -> list[float]:
+    """Median of each column over rows of equal length, NaN ignored."""
+    rows = [list(row) for row in rows]
+    if not rows:
+        return []
+    return [nanmedian(column) for column in zip(*rows, strict=True)]
