@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradsweep.sweeps.runner import auto_workers  # noqa: E402
+from gradsweep.sweeps.workers import auto_workers  # noqa: E402
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:

@@ -15,9 +15,10 @@ import yaml
 
 from gradsweep.cli.main import main
 from gradsweep.errors import SweepError
+from gradsweep.sweeps.compare import collect, compare
 from gradsweep.sweeps.definition import FIX_GROUPS
 from gradsweep.sweeps.report import Selection, build_report, describe, panel_specs
-from gradsweep.sweeps.summarize import collect, compare, render, summarize
+from gradsweep.sweeps.summarize import render, summarize
 
 BASELINE = {"activation": "sigmoid", "init": "default", "norm": "none", "skip": "none"}
 BASELINE = {**BASELINE, "clipping": "none"}

@@ -14,20 +14,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from gradsweep.cli.main import main
 from gradsweep.errors import SweepError
 from gradsweep.sweeps.definition import load_definition
-from gradsweep.sweeps.runner import (
-    FINISHED,
-    INTERRUPTED,
-    MAX_AUTO_WORKERS,
-    RunRecord,
-    SweepRunner,
-    auto_workers,
-    hydra_value,
-    load_records,
-    run_sweep,
-    visible_gpus,
-    worker_env,
-)
+from gradsweep.sweeps.records import FINISHED, INTERRUPTED, RunRecord, load_records
+from gradsweep.sweeps.runner import SweepRunner, hydra_value, run_sweep
 from gradsweep.sweeps.summarize import summarize
+from gradsweep.sweeps.workers import MAX_AUTO_WORKERS, auto_workers, visible_gpus, worker_env
 from gradsweep.tracking.wandb_records import find_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,80 +21,55 @@ runner does what the agent and W&B's controller do between them, locally:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gradsweep.files import write_json_atomic
+from gradsweep.errors import SweepError
 from gradsweep.sweeps.definition import (
     SweepDefinition,
-    SweepError,
     agent_command,
     find_program,
     grid_params,
     grid_size,
     import_sweeps,
 )
+from gradsweep.sweeps.records import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    RunRecord,
+    load_records,
+    params_key,
+)
+from gradsweep.sweeps.workers import auto_workers, worker_env
 
 log = logging.getLogger(__name__)
 
-RECORD = "sweep_run.json"
+
 CONSOLE = "console.log"
-FINISHED, FAILED, RUNNING, INTERRUPTED = "finished", "failed", "running", "interrupted"
+
+
 POLL_S = 0.2
-# The most jobs `--workers auto` runs at once on a machine without GPUs.
-MAX_AUTO_WORKERS = 8
+
+
 # After an interrupt: how long running jobs get to checkpoint and exit after SIGTERM.
 STOP_GRACE_S = 30.0
+
+
 # Characters that Hydra's override grammar would read as syntax in an unquoted value.
 _HYDRA_SPECIAL = set(" \t,()[]{}:=\\'\"")
-
-
-@dataclass
-class RunRecord:
-    """One run of the sweep, as its folder's sweep_run.json holds it."""
-
-    folder: Path
-    params: dict[str, Any]
-    command: list[str] = field(default_factory=list)
-    state: str = RUNNING
-    exit_code: int | None = None
-    seconds: float | None = None
-
-    @property
-    def key(self) -> str:
-        return params_key(self.params)
-
-    def save(self) -> None:
-        write_json_atomic(
-            self.folder / RECORD,
-            {
-                "params": self.params,
-                "command": self.command,
-                "state": self.state,
-                "exit_code": self.exit_code,
-                "seconds": self.seconds,
-            },
-        )
-
-    def summary(self) -> dict[str, Any]:
-        """The run's summary.json, or {} before it ends."""
-        try:
-            return json.loads((self.folder / "summary.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
 
 
 @dataclass
@@ -108,107 +83,8 @@ class SweepOutcome:
     seconds: float = 0.0
 
 
-def params_key(params: Mapping[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
-
-
 def default_sweep_dir(definition: SweepDefinition) -> Path:
     return Path("multirun") / definition.name
-
-
-def load_records(sweep_dir: Path) -> list[RunRecord]:
-    """Every run folder's record under sweep_dir, in folder order."""
-    records = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{RECORD}")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            log.warning("%s: unreadable, ignored", path)
-            continue
-        records.append(
-            RunRecord(
-                folder=path.parent,
-                params=data["params"],
-                command=data.get("command", []),
-                state=data.get("state", RUNNING),
-                exit_code=data.get("exit_code"),
-                seconds=data.get("seconds"),
-            )
-        )
-    return records
-
-
-def worker_env(
-    base: Mapping[str, str],
-    slot: int,
-    workers: int,
-    group: str,
-    cpus: int | None = None,
-    gpus: Sequence[str] | None = None,
-) -> dict[str, str]:
-    """The environment of the job in worker slot `slot` of `workers`.
-
-    Each job gets its share of the cores as its thread count (torch reads OMP_NUM_THREADS at
-    start-up): two jobs each spreading over all cores make every step many times slower. A
-    smaller OMP_NUM_THREADS already set is kept. Where several GPUs are visible each slot
-    gets one; with one GPU the jobs share it.
-    """
-    env = dict(base)
-    cpus = cpus if cpus is not None else available_cpus()
-    threads = max(1, cpus // max(1, workers))
-    given = base.get("OMP_NUM_THREADS", "")
-    if given.isdigit() and int(given) > 0:
-        threads = min(threads, int(given))
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    gpus = list(gpus) if gpus is not None else visible_gpus(base)
-    if len(gpus) > 1:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    # No server: offline, unless the user chose another mode (disabled) themselves.
-    env.setdefault("WANDB_MODE", "offline")
-    env["WANDB_RUN_GROUP"] = group
-    return env
-
-
-def auto_workers(
-    env: Mapping[str, str], cpus: int | None = None, gpus: Sequence[str] | None = None
-) -> int:
-    """`--workers auto`, the default: one job per visible GPU; with none, one per CPU core
-    (each with one torch thread), at most MAX_AUTO_WORKERS, since each job holds its own copy
-    of the data. Sweep runs are small: several single-threaded jobs finish a grid sooner than
-    one job spread over every core (bench/sweep_throughput.py)."""
-    gpus = list(gpus) if gpus is not None else visible_gpus(env)
-    if gpus:
-        return len(gpus)
-    return max(1, min(cpus if cpus is not None else available_cpus(), MAX_AUTO_WORKERS))
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def visible_gpus(env: Mapping[str, str]) -> list[str]:
-    """The GPUs jobs may use: CUDA_VISIBLE_DEVICES if set, else those nvidia-smi lists.
-
-    Asked without importing torch, which would cost the runner seconds.
-    """
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return [
-            g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")
-        ]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        listing = subprocess.run(
-            [smi, "-L"], capture_output=True, text=True, timeout=20, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
-    return [str(index) for index in range(count)]
 
 
 def hydra_value(text: str) -> str:
