@@ -14,8 +14,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from gradsweep.cli.main import main
 from gradsweep.errors import SweepError
 from gradsweep.sweeps.definition import load_definition
+from gradsweep.sweeps.plan import SweepPlan, hydra_value
 from gradsweep.sweeps.records import FINISHED, INTERRUPTED, RunRecord, load_records
-from gradsweep.sweeps.runner import SweepRunner, hydra_value, run_sweep
+from gradsweep.sweeps.runner import run_sweep
 from gradsweep.sweeps.summarize import summarize
 from gradsweep.sweeps.workers import MAX_AUTO_WORKERS, auto_workers, visible_gpus, worker_env
 from gradsweep.tracking.wandb_records import find_runs, read_run
@@ -84,7 +85,7 @@ def test_plan_skips_finished_runs_and_resumes_interrupted_ones_in_place(tmp_path
         folder = sweep_dir / f"{index:04d}"
         folder.mkdir(parents=True)
         RunRecord(folder=folder, params={"activation": activation, **fixed}, state=state).save()
-    planned = SweepRunner(definition, sweep_dir).plan()
+    planned = SweepPlan(definition, sweep_dir).plan()
     # The grid's order; the interrupted run goes back to its own folder, to resume there.
     assert [(r.folder.name, r.params["activation"]) for r in planned] == [
         ("0002", "sigmoid"),
@@ -92,7 +93,7 @@ def test_plan_skips_finished_runs_and_resumes_interrupted_ones_in_place(tmp_path
     ]
     assert planned[0].command[-1] == f"hydra.run.dir={(sweep_dir / '0002').resolve()}"
     assert "activation=sigmoid" in planned[0].command
-    assert len(SweepRunner(definition, sweep_dir, count=1).plan()) == 1
+    assert len(SweepPlan(definition, sweep_dir, count=1).plan()) == 1
 
 
 @pytest.mark.filterwarnings("ignore:The optimal value found:UserWarning")
@@ -100,8 +101,8 @@ def test_random_and_bayes_propose_with_w_and_b_engine(tmp_path) -> None:
     lr = {"optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}}
     random = load_definition(write_definition(tmp_path, "random", **lr))
     with pytest.raises(SweepError, match="--count"):
-        SweepRunner(random, tmp_path / "r")
-    planned = SweepRunner(random, tmp_path / "r", count=3).plan()
+        SweepPlan(random, tmp_path / "r")
+    planned = SweepPlan(random, tmp_path / "r", count=3).plan()
     assert len(planned) == 3
     assert all(1e-4 <= r.params["optimizer.lr"] <= 1e-1 for r in planned)
 
@@ -113,14 +114,14 @@ def test_random_and_bayes_propose_with_w_and_b_engine(tmp_path) -> None:
         params = {"activation": activation, "optimizer.lr": 0.01}
         RunRecord(folder=folder, params=params, state=FINISHED).save()
         (folder / "summary.json").write_text(json.dumps({"val/acc": acc}))
-    planned = SweepRunner(bayes, sweep_dir, count=2).plan()
+    planned = SweepPlan(bayes, sweep_dir, count=2).plan()
     assert [r.folder.name for r in planned] == ["0002", "0003"]
 
 
 def test_overriding_a_sweep_parameter_is_refused(tmp_path) -> None:
     definition = load_definition(write_definition(tmp_path))
     with pytest.raises(SweepError, match="activation"):
-        SweepRunner(definition, tmp_path / "s", overrides=["activation=tanh"])
+        SweepPlan(definition, tmp_path / "s", overrides=["activation=tanh"])
 
 
 def test_dry_run_prints_the_agent_commands(tmp_path, capsys) -> None:

@@ -22,7 +22,6 @@ runner does what the agent and W&B's controller do between them, locally:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shlex
 import signal
@@ -36,23 +35,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gradsweep.errors import SweepError
-from gradsweep.sweeps.definition import (
-    SweepDefinition,
-    agent_command,
-    find_program,
-    grid_params,
-    grid_size,
-    import_sweeps,
-)
-from gradsweep.sweeps.records import (
-    FAILED,
-    FINISHED,
-    INTERRUPTED,
-    RUNNING,
-    RunRecord,
-    load_records,
-    params_key,
-)
+from gradsweep.sweeps.definition import SweepDefinition, grid_size
+from gradsweep.sweeps.plan import SweepPlan, default_sweep_dir
+from gradsweep.sweeps.records import FAILED, FINISHED, INTERRUPTED, RUNNING, RunRecord
 from gradsweep.sweeps.workers import auto_workers, worker_env
 
 log = logging.getLogger(__name__)
@@ -68,10 +53,6 @@ POLL_S = 0.2
 STOP_GRACE_S = 30.0
 
 
-# Characters that Hydra's override grammar would read as syntax in an unquoted value.
-_HYDRA_SPECIAL = set(" \t,()[]{}:=\\'\"")
-
-
 @dataclass
 class SweepOutcome:
     """What one invocation did."""
@@ -83,157 +64,28 @@ class SweepOutcome:
     seconds: float = 0.0
 
 
-def default_sweep_dir(definition: SweepDefinition) -> Path:
-    return Path("multirun") / definition.name
-
-
-def hydra_value(text: str) -> str:
-    """text as a Hydra override value: quoted where Hydra would read syntax in it."""
-    if not _HYDRA_SPECIAL & set(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 class SweepRunner:
-    """Plans and runs one invocation of a sweep in `sweep_dir`."""
+    """Runs the runs of a plan, `workers` at a time, each a `python train.py` process."""
 
-    def __init__(
-        self,
-        definition: SweepDefinition,
-        sweep_dir: Path,
-        *,
-        workers: int = 1,
-        count: int | None = None,
-        overrides: Sequence[str] = (),
-        interpreter: str = sys.executable,
-        stderr: TextIO | None = None,
-    ) -> None:
+    def __init__(self, plan: SweepPlan, workers: int = 1, stderr: TextIO | None = None) -> None:
         if workers < 1:
             raise SweepError(f"--workers {workers}: give at least 1")
-        if count is not None and count < 1:
-            raise SweepError(f"--count {count}: give at least 1")
-        clash = sorted(
-            {o.split("=", 1)[0].lstrip("+~") for o in overrides} & set(definition.parameters)
-        )
-        if clash:
-            raise SweepError(
-                f"override of sweep parameter(s) {', '.join(clash)}: change them in "
-                f"{definition.path} instead"
-            )
-        unbounded = definition.config.get("run_cap") is None and count is None
-        if definition.method != "grid" and unbounded:
-            raise SweepError(
-                f"a {definition.method} search never runs out of proposals: "
-                "give --count N (or run_cap: N in the definition)"
-            )
-        self.definition = definition
-        self.sweep_dir = Path(sweep_dir)
+        self.plan = plan
+        self.definition = plan.definition
+        self.sweep_dir = plan.sweep_dir
         self.workers = workers
-        self.count = count
-        self.overrides = list(overrides)
-        self.interpreter = interpreter
+        self.metric = plan.metric
         self.stderr = stderr or sys.stderr
-        self.config = definition.engine_config
-        self.metric = (definition.config.get("metric") or {}).get("name")
-        program = find_program(definition)
-        try:
-            self.program = str(program.relative_to(Path.cwd()))
-        except ValueError:
-            self.program = str(program)
-        self.records = load_records(self.sweep_dir)
-        self._prepared: set[int] = set()  # records this invocation already started or planned
-        self._next_index = 1 + max(
-            (int(r.folder.name) for r in self.records if r.folder.name.isdigit()), default=-1
-        )
-
-    # -- planning ---------------------------------------------------------------------------
-
-    @property
-    def finished_records(self) -> list[RunRecord]:
-        return [r for r in self.records if r.state == FINISHED]
-
-    def proposals(self) -> Iterator[dict[str, Any]]:
-        """The parameters of each run this invocation should start, in order."""
-        done = self.finished_records
-        if self.definition.method == "grid":
-            queue = grid_params(self.definition, [r.params for r in done])
-            yield from queue[: self.count] if self.count is not None else queue
-            return
-        cap = self.definition.config.get("run_cap")
-        limit = self.count if self.count is not None else math.inf
-        if cap is not None:
-            limit = min(limit, max(0, int(cap) - len(done)))
-        sweeps = import_sweeps()
-        for _ in range(int(limit)):
-            run = sweeps.next_run(self.config, self._engine_runs(sweeps))
-            if run is None:
-                return
-            yield {k: v["value"] for k, v in run.config.items()}
-
-    def _engine_runs(self, sweeps: Any) -> list[Any]:
-        """This sweep's runs as the engine sees them (bayes reads their metric)."""
-        if self.definition.method != "bayes":
-            return []  # random search ignores past runs
-        runs = []
-        for record in self.records:
-            metrics = {}
-            value = record.summary().get(self.metric) if self.metric else None
-            if isinstance(value, int | float) and math.isfinite(value):
-                metrics[self.metric] = value
-            state = record.state if record.state in (FINISHED, FAILED, RUNNING) else FAILED
-            runs.append(
-                sweeps.SweepRun(
-                    config={k: {"value": v} for k, v in record.params.items()},
-                    state=state,
-                    summaryMetrics=metrics,
-                )
-            )
-        return runs
-
-    def prepare(self, params: dict[str, Any]) -> RunRecord:
-        """The record of the run for params: the folder of an unfinished run with the same
-        parameters (so it resumes there), else a new numbered folder."""
-        key = params_key(params)
-        for record in self.records:
-            reusable = record.state in (FAILED, INTERRUPTED, RUNNING)
-            if reusable and record.key == key and id(record) not in self._prepared:
-                record.command = self.command(params, record.folder)
-                self._prepared.add(id(record))
-                return record
-        folder = self.sweep_dir / f"{self._next_index:04d}"
-        self._next_index += 1
-        record = RunRecord(folder=folder, params=params, command=self.command(params, folder))
-        self.records.append(record)
-        self._prepared.add(id(record))
-        return record
-
-    def command(self, params: Mapping[str, Any], folder: Path) -> list[str]:
-        command = agent_command(self.definition, params, self.program, self.interpreter)
-        run_dir = hydra_value(str(folder.resolve()))
-        return [*command, *self.overrides, f"hydra.run.dir={run_dir}"]
-
-    def plan(self) -> list[RunRecord]:
-        """What a run would start, without starting anything (for --dry-run)."""
-        planned = []
-        seen = {r.key for r in self.records}
-        for params in self.proposals():
-            record = self.prepare(params)
-            planned.append(record)
-            if record.key not in seen and self.definition.method == "bayes":
-                record.state = RUNNING  # so the next proposal counts it as pending
-        return planned
-
-    # -- running ----------------------------------------------------------------------------
 
     def run(self) -> SweepOutcome:
         """Run the planned jobs, `workers` at a time; Ctrl-C stops them and records that."""
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         with _lock(self.sweep_dir), _sigterm_as_interrupt():
             self._save_definition()
-            outcome = SweepOutcome(planned=[], already_finished=len(self.finished_records))
+            outcome = SweepOutcome(planned=[], already_finished=len(self.plan.finished_records))
             start = time.perf_counter()
-            total = self._expected_total()
-            proposals = self.proposals()
+            total = self.plan.expected_total()
+            proposals = self.plan.proposals()
             running: dict[int, tuple[subprocess.Popen, RunRecord, float, TextIO]] = {}
             try:
                 exhausted = False
@@ -245,7 +97,7 @@ class SweepRunner:
                             exhausted = True
                             break
                         slot = free.pop(0)
-                        record = self.prepare(params)
+                        record = self.plan.prepare(params)
                         outcome.planned.append(record)
                         running[slot] = self._start(record, slot)
                     if not running:
@@ -269,13 +121,6 @@ class SweepRunner:
             finally:
                 outcome.seconds = time.perf_counter() - start
             return outcome
-
-    def _expected_total(self) -> int | None:
-        if self.definition.method == "grid":
-            size = grid_size(self.definition) or 0
-            remaining = size - len(self.finished_records)
-            return min(remaining, self.count) if self.count is not None else remaining
-        return self.count
 
     def _start(
         self, record: RunRecord, slot: int
@@ -383,13 +228,12 @@ def run_sweep(
     time (None: `auto_workers`)."""
     sweep_dir = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(definition)
     workers = workers if workers is not None else auto_workers(os.environ)
-    runner = SweepRunner(
-        definition, sweep_dir, workers=workers, count=count, overrides=overrides, stderr=stderr
-    )
+    plan = SweepPlan(definition, sweep_dir, count=count, overrides=overrides)
+    runner = SweepRunner(plan, workers=workers, stderr=stderr)
     err = stderr or sys.stderr
-    already = len(runner.finished_records)
+    already = len(plan.finished_records)
     if dry_run:
-        planned = runner.plan()
+        planned = plan.plan()
         out = stdout or sys.stdout
         for record in planned:
             print(shlex.join(record.command), file=out)
