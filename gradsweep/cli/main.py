@@ -1,72 +1,27 @@
 """The `gradsweep` command: tools around training runs (`python train.py` trains).
 
-gradsweep show activation=gelu norm=batch     # the fixed model, before any training
+    gradsweep show activation=gelu norm=batch     # the fixed model, before any training
+    gradsweep scan conf/sweep.yaml                # every configuration's gradient flow at init
+    gradsweep sweep conf/sweep_ladder.yaml        # a sweep definition, no W&B server needed
+    gradsweep summarize multirun/fix_ladder       # which change cured the vanishing
+    gradsweep report --entity E --project P --group fix_ladder --dry-run
+
+Each subcommand is a module of this package with `register(commands)`, which adds its parser
+and sets `run`, and `run(args) -> exit code`. Modules import what their `run` needs when it
+runs, so `gradsweep --help` stays fast. A new subcommand is a module listed in COMMANDS.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from gradsweep.cli import report, scan, show, summarize, sweep
+from gradsweep.errors import EXIT_USER_ERROR, USER_ERRORS
 
-def _show(args: argparse.Namespace) -> int:
-    """Print the model after the chosen fixes, its size and the layers telemetry reports."""
-    import torch
-
-    from gradsweep.config import compose
-    from gradsweep.data.sources import dataset_shape
-    from gradsweep.fixes.layers import weight_layers
-    from gradsweep.fixes.pipeline import apply_fixes
-    from gradsweep.run.build import stream_seed
-    from gradsweep.run.models import create_model
-    from gradsweep.run.validate import check_config
-    from gradsweep.telemetry.gradients import select_params
-
-    cfg = compose(args.overrides, args.config_dir)
-    check_config(cfg)
-    input_shape, num_classes = dataset_shape(cfg.data.name)
-    if os.getcwd() not in sys.path:
-        # model._target_ names the user's module as `python train.py` would find it.
-        sys.path.insert(0, os.getcwd())
-    torch.manual_seed(stream_seed(cfg.seed, "init"))
-    model = create_model(cfg.model, input_shape, num_classes)
-    sample = torch.zeros(2, *input_shape)
-    accounts = apply_fixes(model, cfg, sample)
-    layers = weight_layers(model, sample)
-    params = sum(p.numel() for p in model.parameters())
-    print(model)
-    print("\nfixes applied (activation -> norm -> skip -> init):")
-    for line in accounts or ["none: the model as it is"]:
-        print(f"  {line}")
-    print(f"\nparameters: {params:,}")
-    print(f"weight layers (forward order), {len(layers)}: telemetry indexes layers this way")
-    for index, name in enumerate(layers):
-        print(f"  {index:>3}  {name}")
-    logged = select_params(model, cfg.telemetry.params, layers)
-    spec = cfg.telemetry.params
-    print(f"gradient norms logged: {len(logged)} parameters (telemetry.params={spec})")
-    _print_rewritten_forwards(model, args.code)
-    return 0
-
-
-def _print_rewritten_forwards(model, code: bool) -> None:
-    """Forwards the fixes rewrote (calls in forward live in code, not in the module tree)."""
-    rewritten = [
-        (name or "(model)", type(m)._gradsweep_source)
-        for name, m in model.named_modules()
-        if hasattr(type(m), "_gradsweep_source")
-    ]
-    if not rewritten:
-        return
-    names = ", ".join(name for name, _ in rewritten)
-    if not code:
-        print(f"forwards rewritten through torch.fx: {names} (--code prints them)")
-        return
-    for name, source in rewritten:
-        print(f"\nforward of {name}, as the fixes rewrote it:\n{source.strip()}")
+COMMANDS = (show, scan, sweep, summarize, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,16 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-dir", help="the conf/ folder (default: the checkout's)")
     commands = parser.add_subparsers(dest="command", required=True)
-    show = commands.add_parser("show", help="print the model after the fixes, before training")
-    show.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
-    show.add_argument("--code", action="store_true", help="print each forward the fixes rewrote")
-    show.set_defaults(run=_show)
-    from gradsweep.cli.scan import add_scan_command  # light: torch is imported when a scan runs
-
-    add_scan_command(commands)
-    from gradsweep.cli.sweep_commands import add_commands  # sweep, summarize, report
-
-    add_commands(commands)
+    for command in COMMANDS:
+        command.register(commands)
     return parser
 
 
@@ -95,13 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except Exception as error:  # a clear message, not a traceback, for expected failures
-        from gradsweep.errors import USER_ERRORS
-
-        if isinstance(error, USER_ERRORS):
-            print(f"gradsweep: {error}", file=sys.stderr)
-            return 2
-        raise
+    except USER_ERRORS as error:  # a clear message, not a traceback, for expected failures
+        print(f"gradsweep: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def add_scan_command(commands: argparse._SubParsersAction) -> None:
-    """Register `gradsweep scan` (called from gradsweep.cli.main.build_parser)."""
+def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "scan",
         help="gradient flow of every configuration of a grid at initialization, in seconds",
@@ -50,10 +49,10 @@ def add_scan_command(commands: argparse._SubParsersAction) -> None:
         help="folder for the heatmap, scan.json and the W&B run "
         "(default outputs/scan/<date>/<time>)",
     )
-    parser.set_defaults(run=run_scan)
+    parser.set_defaults(run=run)
 
 
-def run_scan(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from gradsweep.scan import report as scan_report
     from gradsweep.scan.grid import load_grid
     from gradsweep.scan.scanner import scan
