@@ -8,6 +8,7 @@ choice under the group's name (`activation: relu`) and every other setting as a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,13 +46,17 @@ def is_custom(cfg_model) -> bool:
     return "_target_" in cfg_model.keys()  # noqa: SIM118
 
 
+# The fixes, in the order the diagnosis advises them.
 FIX_GROUPS = ("activation", "init", "norm", "skip", "clipping")
-
 # The groups whose choice each run records under the group's own name.
 CHOICE_GROUPS = ("data", "model", "activation", "init", "norm", "skip", "clipping", "optimizer")
-
-
 GROUPS = (*CHOICE_GROUPS, "logger")
+# `data.source`: where the images come from (gradsweep.data.sources says what each means).
+DATA_SOURCES = ("auto", "full", "bundled")
+# `logger.mode`: where a run logs (gradsweep.tracking.tracker says what each means).
+LOGGER_MODES = ("auto", "online", "offline", "disabled")
+# Characters a Hydra override value may hold unquoted; anything else is quoted.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
 
 
 def group_choice(cfg: DictConfig, group: str) -> str:
@@ -81,3 +86,10 @@ def flat_config(cfg: DictConfig) -> dict[str, object]:
         else:
             walk(str(key), value)
     return flat
+
+
+def hydra_value(text: str) -> str:
+    """`text` as a Hydra override value, quoted where Hydra would read syntax in it."""
+    if _PLAIN_VALUE.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

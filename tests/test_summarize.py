@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from gradsweep.cli.main import main
+from gradsweep.config import FIX_GROUPS
 from gradsweep.errors import SweepError
 from gradsweep.sweeps.compare import collect, compare
-from gradsweep.sweeps.definition import FIX_GROUPS
 from gradsweep.sweeps.report import Selection, build_report, describe, panel_specs
 from gradsweep.sweeps.summarize import render, summarize
 

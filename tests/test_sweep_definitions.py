@@ -11,8 +11,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from gradsweep.config import FIX_GROUPS
 from gradsweep.sweeps.definition import (
-    FIX_GROUPS,
     SweepError,
     agent_args,
     agent_command,

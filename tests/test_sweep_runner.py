@@ -12,9 +12,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from gradsweep.cli.main import main
+from gradsweep.config import hydra_value
 from gradsweep.errors import SweepError
 from gradsweep.sweeps.definition import load_definition
-from gradsweep.sweeps.plan import SweepPlan, hydra_value
+from gradsweep.sweeps.plan import SweepPlan
 from gradsweep.sweeps.records import FINISHED, INTERRUPTED, RunRecord, load_records
 from gradsweep.sweeps.runner import run_sweep
 from gradsweep.sweeps.summarize import summarize

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradsweep.config import DATA_SOURCES
 from gradsweep.errors import DataError
-
-SOURCES = ("auto", "full", "bundled")
-
 
 # The four uncompressed IDX files torchvision.datasets.MNIST reads from <root>/MNIST/raw/, with
 # the magic number and per-item shape each header must carry.
@@ -115,8 +113,8 @@ def resolve_source(cfg: Any) -> tuple[str, Path | None]:
 def plan_source(cfg: Any) -> SourcePlan:
     spec = spec_of(cfg.name)
     source = str(cfg.source)
-    if source not in SOURCES:
-        raise DataError(f"data.source={source} is not one of {', '.join(SOURCES)}.")
+    if source not in DATA_SOURCES:
+        raise DataError(f"data.source={source} is not one of {', '.join(DATA_SOURCES)}.")
     if source == "bundled":
         if not spec.bundled:
             raise DataError(

@@ -11,15 +11,13 @@ from numbers import Real
 
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.config import is_custom
+from gradsweep.config import DATA_SOURCES, LOGGER_MODES, is_custom
 from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import ACTIVATIONS
 from gradsweep.fixes.residual import PLACEMENTS
 
 log = logging.getLogger(__name__)
 
-DATA_SOURCES = ("auto", "full", "bundled")
-LOGGER_MODES = ("auto", "online", "offline", "disabled")
 TELEMETRY_PARAMS = ("all", "weights")
 PRECISIONS = ("32", "bf16")
 

@@ -6,19 +6,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradsweep.config import find_conf_dir
+from gradsweep.config import find_conf_dir, hydra_value
 from gradsweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# Sweep-definition values Hydra reads as they are; anything else is quoted.
-_PLAIN = re.compile(r"[A-Za-z0-9_./:+-]+")
 
 
 @dataclass(frozen=True)
@@ -140,7 +136,4 @@ def _hydra_value(value: object) -> str:
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
         raise ConfigError(f"scan: a sweep value must be flat, not {value!r}")
-    text = str(value)
-    if _PLAIN.fullmatch(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return hydra_value(str(value))

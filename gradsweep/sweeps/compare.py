@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
+from gradsweep.config import FIX_GROUPS
 from gradsweep.errors import SweepError
-from gradsweep.sweeps.definition import FIX_GROUPS
 
 VERDICT = "diagnosis/verdict"
 # Choices that may vary across a sweep besides the fixes; a column only where they vary.

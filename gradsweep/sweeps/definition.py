@@ -22,8 +22,6 @@ import yaml
 
 from gradsweep.errors import SweepError
 
-# The fixes, in the order the diagnosis advises them.
-FIX_GROUPS = ("activation", "init", "norm", "skip", "clipping")
 # The command wandb uses when a definition has none: `--key=value`, which Hydra rejects.
 AGENT_DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 # Argument macros whose `key=value` form Hydra accepts as overrides.

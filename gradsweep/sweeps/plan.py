@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gradsweep.config import hydra_value
 from gradsweep.errors import SweepError
 from gradsweep.sweeps.definition import (
     SweepDefinition,
@@ -28,19 +29,9 @@ from gradsweep.sweeps.records import (
     params_key,
 )
 
-# Characters that Hydra's override grammar would read as syntax in an unquoted value.
-_HYDRA_SPECIAL = set(" \t,()[]{}:=\\'\"")
-
 
 def default_sweep_dir(definition: SweepDefinition) -> Path:
     return Path("multirun") / definition.name
-
-
-def hydra_value(text: str) -> str:
-    """text as a Hydra override value: quoted where Hydra would read syntax in it."""
-    if not _HYDRA_SPECIAL & set(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class SweepPlan:

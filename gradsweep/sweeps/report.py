@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gradsweep.config import FIX_GROUPS
 from gradsweep.errors import SweepError
-from gradsweep.sweeps.definition import FIX_GROUPS
 
 TITLE = "Vanishing gradients: the fix sweep"
 

@@ -34,9 +34,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
+from gradsweep.config import LOGGER_MODES
+
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "online", "offline", "disabled")
 # WANDB_MODE values that auto mode honours: the user said where the run should go.
 _ENV_MODES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -317,8 +318,8 @@ def requested_mode(cfg_logger: Mapping[str, Any]) -> tuple[str, str]:
     if cfg_logger.get("name", "wandb") == "none":
         return "none", "logger=none"
     mode = cfg_logger.get("mode") or "auto"
-    if mode not in MODES:
-        raise ValueError(f"logger.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in LOGGER_MODES:
+        raise ValueError(f"logger.mode must be one of {', '.join(LOGGER_MODES)}, not {mode!r}")
     env_mode = os.environ.get("WANDB_MODE", "")
     if mode == "auto" and env_mode.lower() in _ENV_MODES:
         return _ENV_MODES[env_mode.lower()], f"WANDB_MODE={env_mode}"
