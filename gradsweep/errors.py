@@ -38,3 +38,13 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 # Exit codes of `python train.py` run alone (a multirun records them per job instead).
 EXIT_USER_ERROR = 2  # bad config, missing data, foreign checkpoint: the message says what to do
 EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; summary.json says at which step
+
+
+def first_line(error: BaseException, *, with_type: bool = False) -> str:
+    """The first line of an error's message, for a one-line report of it: its type's name when
+    it has no message; `with_type` puts the type first ("OSError: [Errno 28] No space left")."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    if with_type:
+        return f"{type(error).__name__}: {line}".rstrip(": ")
+    return line or type(error).__name__

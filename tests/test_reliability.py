@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,8 +16,10 @@ import pytest
 import torch
 
 from gradsweep.errors import EXIT_NON_FINITE, CheckpointError
+from gradsweep.files import write_json_atomic
 from gradsweep.run.checkpoint import checkpoint_path, save_checkpoint
 from gradsweep.run.training import train
+from gradsweep.scan import report as scan_report
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "gsfake" + "0123456789abcdef" * 2 + "xyzw"  # 42 chars, well formed, never valid
@@ -146,6 +150,40 @@ def test_checkpoint_write_is_atomic(tmp_path) -> None:
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, {"step": 1})
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+# Each atomic writer, with contents it cannot serialize and with contents it can.
+WRITERS = {
+    "summary.json": (
+        lambda path: write_json_atomic(path, {"bad": object()}),
+        lambda path: write_json_atomic(path, {"val/acc": 0.9}),
+    ),
+    "last.pt": (
+        lambda path: save_checkpoint(path, {"bad": lambda: None}),
+        lambda path: save_checkpoint(path, {"step": 1}),
+    ),
+    "scan.json": (
+        lambda path: scan_report.write_json(path, [{"bad": math.nan}]),
+        lambda path: scan_report.write_json(path, [{"verdict": "vanishing"}]),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, name) -> None:
+    bad, good = WRITERS[name]
+    path = tmp_path / name
+    path.write_text("the previous contents\n")
+    with pytest.raises((TypeError, ValueError, AttributeError, pickle.PicklingError)):
+        bad(path)
+    assert path.read_text() == "the previous contents\n"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    # The rename fails too (the target is a folder that holds a file): no temp file stays.
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
+    with pytest.raises(OSError):
+        good(path)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_nan_stops_the_run_with_its_own_exit_code(tmp_path) -> None:

@@ -30,12 +30,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from gradsweep.errors import first_line
+from gradsweep.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,8 @@ def read_split(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None
         ):
             raise ValueError("unexpected tensor shapes or dtypes")
     except Exception as err:  # torch.load raises RuntimeError, pickle and zip errors alike
-        logger.warning("data cache %s does not load (%s): rebuilding it", path, _brief(err))
+        reason = first_line(err, with_type=True)
+        logger.warning("data cache %s does not load (%s): rebuilding it", path, reason)
         return None
     if payload.get("key") != key:
         logger.info("data cache %s is stale (its source files changed): rebuilding it", path)
@@ -125,25 +128,13 @@ def write_split(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor
         "images": images,
         "labels": labels,
     }
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         # No fsync: a file torn by a crash fails the reader's checks and is rebuilt, never used.
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(path, "wb") as handle:
             torch.save(payload, handle)
-        # mkstemp makes the file private (0600); others sharing the data root may read it.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except OSError as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         logger.warning("data cache not written to %s (%s): loading from source each run", path, err)
         return False
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     return True
 
 
@@ -151,8 +142,3 @@ def _crc32(images: torch.Tensor, labels: torch.Tensor) -> int:
     # zlib's CRC-32 runs at several GB/s: ~15 ms for MNIST's 47 MB of training images.
     crc = zlib.crc32(images.contiguous().view(-1).numpy())
     return zlib.crc32(labels.contiguous().view(-1).numpy(), crc)
-
-
-def _brief(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

@@ -20,7 +20,7 @@ from gradsweep.data import cache as data_cache
 from gradsweep.data.readers import DatasetUnavailable, parse_bundled, read_full
 from gradsweep.data.sources import SPECS, DatasetSpec, disk_state, plan_source, spec_of
 from gradsweep.data.tensors import Data, split_and_normalize
-from gradsweep.errors import DataError
+from gradsweep.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def load_data(
         except DatasetUnavailable as err:
             if not plan.may_fall_back:
                 raise
-            fallback = str(err).splitlines()[0].rstrip(".")
+            fallback = first_line(err).rstrip(".")
     if fallback:
         # One line on stderr: the run goes on, but on 5,000 digits instead of 70,000.
         logger.warning(

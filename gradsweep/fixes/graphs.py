@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from gradsweep.errors import first_line
 from gradsweep.fixes.layers import is_weight_layer, probe_forward
 
 # Modules whose forward is known and holds no activation call to swap: torch's own
@@ -60,9 +61,8 @@ def trace(module: nn.Module) -> fx.Graph:
     try:
         return _ShallowTracer().trace(module)
     except Exception as error:  # fx raises many kinds: TraceError, TypeError, NameError, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TraceFailure(
-            f"{class_name(module)}.forward does not trace with torch.fx ({reason[:160]})"
+            f"{class_name(module)}.forward does not trace with torch.fx ({first_line(error)[:160]})"
         ) from error
 
 

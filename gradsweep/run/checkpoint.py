@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,8 @@ import torch
 from omegaconf import DictConfig
 
 from gradsweep.config import flat_config
-from gradsweep.errors import CheckpointError
+from gradsweep.errors import CheckpointError, first_line
+from gradsweep.files import atomic_write
 
 FORMAT = "gradsweep-checkpoint"
 VERSION = 1
@@ -42,18 +41,9 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically, with the format marker."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `state` to `path` atomically and durably, with the format marker."""
+    with atomic_write(path, "wb", fsync=True) as handle:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
 
 
 def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any]:
@@ -62,9 +52,8 @@ def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({first_line}): it is corrupt or not a "
+            f"cannot read checkpoint {path} ({first_line(error)}): it is corrupt or not a "
             f"gradsweep checkpoint; {fix}"
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gradsweep.config import FIX_GROUPS
+from gradsweep.files import atomic_write
 from gradsweep.scan.result import ScanResult, ScanRow
 
 # The scalar columns every format shows after the configuration's choices.
@@ -136,11 +137,9 @@ def verdict_counts(result: ScanResult) -> dict[str, int]:
 
 
 def write_json(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The JSON document, as `--format json` prints it, next to the heatmap (via a rename:
-    no reader sees half a file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)
+    """The JSON document, as `--format json` prints it, next to the heatmap (atomically)."""
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(rows, indent=1, allow_nan=False) + "\n")
 
 
 def write_prune(result: ScanResult, path: Path) -> int:

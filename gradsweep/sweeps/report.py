@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradsweep.config import FIX_GROUPS
-from gradsweep.errors import SweepError
+from gradsweep.errors import SweepError, first_line
 
 TITLE = "Vanishing gradients: the fix sweep"
 
@@ -146,11 +146,9 @@ def save_report(report: Any) -> str:
     try:
         report.save()
     except Exception as error:  # no API key, no network, no such entity
-        text = str(error).strip().splitlines()
         raise SweepError(
-            f"W&B did not save the report ({type(error).__name__}: "
-            f"{text[0] if text else ''}); check `wandb login` and --entity/--project, "
-            "or use --dry-run"
+            f"W&B did not save the report ({first_line(error, with_type=True)}); check "
+            "`wandb login` and --entity/--project, or use --dry-run"
         ) from error
     return str(report.url)
 

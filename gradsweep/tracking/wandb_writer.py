@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gradsweep.errors import first_line
 from gradsweep.signals import stop_signals
 
 # Seconds a TCP connection to the W&B server may take before auto mode gives up on it. DNS
@@ -310,11 +311,6 @@ def reachable(base_url: str, timeout: float) -> bool:
     threading.Thread(target=probe, daemon=True).start()
     done.wait(timeout)
     return bool(answered)
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":
