@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -104,6 +104,79 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     return result
 
 
+@dataclass
+class _Run:
+    """What changes as a run trains, and so what its checkpoint holds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Batches
+    monitor: GradientMonitor
+    tracker: Tracker
+    # The latest evaluation and the best validation accuracy so far.
+    progress: dict = field(default_factory=lambda: {"val": {}, "val_best": -math.inf})
+
+    @classmethod
+    def build(cls, cfg: DictConfig, data: Data, device: torch.device, tracker: Tracker) -> _Run:
+        model = build_model(cfg, data, device)
+        generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
+        monitor = GradientMonitor(
+            model,
+            data.train_x[:2],
+            clipping=Clipping.from_config(cfg.clipping),
+            params=cfg.telemetry.params,
+            log_every_n_steps=cfg.telemetry.log_every_n_steps,
+            window=cfg.telemetry.window,
+            thresholds=thresholds_from_config(cfg.telemetry),
+            tracker=tracker,
+        )
+        return cls(
+            model=model,
+            optimizer=create_optimizer(cfg.optimizer, model.parameters()),
+            batches=Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment),
+            monitor=monitor,
+            tracker=tracker,
+        )
+
+    def restore(self, saved: dict) -> int:
+        """Continue from a checkpoint's state; the step to train next."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.batches.load_state_dict(saved["batches"])
+        self.monitor.load_state_dict(saved["monitor"])
+        restore_rng_state(saved["rng"])
+        self.progress = saved["progress"]
+        if not saved["clean_stop"]:
+            self.tracker.replay(saved["recent_rows"])  # what a killed run may not have written
+        return saved["step"]
+
+    def checkpoint(self, cfg: DictConfig, run_dir: Path, next_step: int, clean_stop: bool) -> None:
+        # Every row up to here reaches wandb before the checkpoint says it was logged.
+        self.monitor.flush()
+        self.tracker.flush()
+        state = {
+            "config_hash": config_hash(cfg),
+            "step": next_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "rng": rng_state(),
+            "progress": self.progress,
+            "wandb_run_id": self.tracker.run_id,
+            "recent_rows": self.tracker.recent_rows(),
+            # A stop we handled ends the W&B run in order: nothing to log again.
+            "clean_stop": clean_stop,
+        }
+        save_checkpoint(checkpoint_path(run_dir), state)
+
+    def evaluate(self, data: Data, step: int) -> None:
+        """Validate the weights after `step`'s update; W&B merges it into the step's row."""
+        val = self.progress["val"] = evaluate(self.model, data.val_x, data.val_y)
+        self.progress["val_best"] = max(self.progress["val_best"], val["acc"])
+        self.tracker.log({"val/loss": val["loss"], "val/acc": val["acc"]}, step)
+
+
 def _train(
     cfg: DictConfig,
     run_dir: Path,
@@ -113,73 +186,40 @@ def _train(
     tracker: Tracker,
 ) -> RunResult:
     """Build the model, train it, write the summary: the whole run between W&B's ends."""
-    model = build_model(cfg, data, device)
-    optimizer = create_optimizer(cfg.optimizer, model.parameters())
-    generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "data"))
-    batches = Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment)
-    max_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.steps_per_epoch
-    thresholds = thresholds_from_config(cfg.telemetry)
-    monitor = GradientMonitor(
-        model,
-        data.train_x[:2],
-        clipping=Clipping.from_config(cfg.clipping),
-        params=cfg.telemetry.params,
-        log_every_n_steps=cfg.telemetry.log_every_n_steps,
-        window=cfg.telemetry.window,
-        thresholds=thresholds,
-        tracker=tracker,
-    )
-    progress = {"val": {}, "val_best": -math.inf}
+    run = _Run.build(cfg, data, device, tracker)
+    first_step = 0
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        batches.load_state_dict(saved["batches"])
-        monitor.load_state_dict(saved["monitor"])
-        restore_rng_state(saved["rng"])
-        progress = saved["progress"]
-        log.info("resuming from %s at step %d", checkpoint_path(run_dir), saved["step"])
-        if not saved["clean_stop"]:
-            tracker.replay(saved["recent_rows"])  # what a killed run may not have written
-    tracker.update_summary({"telemetry/layers": dict(enumerate(monitor.layers))})
-
-    def checkpoint(next_step: int, clean_stop: bool = False) -> None:
-        # Every row up to here reaches wandb before the checkpoint says it was logged.
-        monitor.flush()
-        tracker.flush()
-        state = {
-            "config_hash": config_hash(cfg),
-            "step": next_step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "batches": batches.state_dict(),
-            "monitor": monitor.state_dict(),
-            "rng": rng_state(),
-            "progress": progress,
-            "wandb_run_id": tracker.run_id,
-            "recent_rows": tracker.recent_rows(),
-            # A stop we handled ends the W&B run in order: nothing to log again.
-            "clean_stop": clean_stop,
-        }
-        save_checkpoint(checkpoint_path(run_dir), state)
-
-    first_step = saved["step"] if saved is not None else 0
+        first_step = run.restore(saved)
+        log.info("resuming from %s at step %d", checkpoint_path(run_dir), first_step)
+    tracker.update_summary({"telemetry/layers": dict(enumerate(run.monitor.layers))})
+    max_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * run.batches.steps_per_epoch
     log.info(
         "training steps %d..%d (%d per epoch) on %s; telemetry on %d weight layers; W&B %s",
         first_step,
         max_steps,
-        batches.steps_per_epoch,
+        run.batches.steps_per_epoch,
         device,
-        len(monitor.layers),
+        len(run.monitor.layers),
         tracker.mode,  # waits for the W&B run to start, and raises if online cannot be had
     )
+    steps = _loop(cfg, run, data, run_dir, first_step, max_steps)
+    return _conclude(cfg, run, data, run_dir, steps)
+
+
+def _loop(
+    cfg: DictConfig, run: _Run, data: Data, run_dir: Path, first_step: int, max_steps: int
+) -> int:
+    """Train steps first_step..max_steps-1, evaluating and checkpointing on their schedules;
+    stop early on a non-finite loss or gradient, or on a stop signal (after a checkpoint).
+    Returns how many steps the model has taken."""
+    model, optimizer, monitor = run.model, run.optimizer, run.monitor
     meter = Progress(max_steps, first_step)
     step = first_step - 1
     model.train()
-    stream = iter(batches)
+    stream = iter(run.batches)
     forward = _compiled(model, cfg.trainer.compile)  # shares the model's parameters
-    autocast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16"
-    )
+    bf16 = str(cfg.trainer.precision) == "bf16"
+    autocast = torch.autocast(data.train_x.device.type, dtype=torch.bfloat16, enabled=bf16)
     with StopRequest() as stop:
         for step in range(first_step, max_steps):
             x, y = next(stream)
@@ -195,34 +235,37 @@ def _train(
             if row is not None:
                 meter.update(step, row)
             if step == max_steps - 1 or (step + 1) % cfg.trainer.eval_every == 0:
-                # The weights after this step's update; W&B merges it into the step's row.
-                val = progress["val"] = evaluate(model, data.val_x, data.val_y)
-                progress["val_best"] = max(progress["val_best"], val["acc"])
-                tracker.log({"val/loss": val["loss"], "val/acc": val["acc"]}, step)
+                run.evaluate(data, step)
             if monitor.non_finite_step is not None:
                 log.error("non-finite loss or gradient at step %d: stopping", step)
                 break
             if stop.requested or (step + 1) % cfg.trainer.checkpoint_every == 0:
-                checkpoint(step + 1, clean_stop=stop.requested)
+                run.checkpoint(cfg, run_dir, step + 1, clean_stop=stop.requested)
             if stop.requested:
                 log.warning(
                     "signal %d: checkpoint saved at step %d; stopping", stop.signum, step + 1
                 )
-                tracker.finish(exit_code=128 + stop.signum)
+                run.tracker.finish(exit_code=128 + stop.signum)
                 stop.handover()
         monitor.flush()
         meter.close()
         if monitor.non_finite_step is None:
-            checkpoint(max_steps, clean_stop=True)  # a re-run of a finished run trains no more
+            # A re-run of a finished run trains no more.
+            run.checkpoint(cfg, run_dir, max_steps, clean_stop=True)
+    return step + 1
 
+
+def _conclude(cfg: DictConfig, run: _Run, data: Data, run_dir: Path, steps: int) -> RunResult:
+    """The test score, the verdict and its advice, the pictures and summary.json."""
+    model, monitor = run.model, run.monitor
     test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
-    evals = {**progress, "test": test}
-    summary = build_summary(cfg, model, data, monitor, thresholds, evals, steps=step + 1)
-    report(monitor, summary, run_dir, tracker)
+    evals = {**run.progress, "test": test}
+    summary = build_summary(cfg, model, data, monitor, monitor.thresholds, evals, steps=steps)
+    report(monitor, summary, run_dir, run.tracker)
     write_json_atomic(run_dir / "summary.json", summary)
-    tracker.update_summary(summary)
+    run.tracker.update_summary(summary)
     return RunResult(
-        val_acc=float(progress["val"].get("acc", math.nan)),
+        val_acc=float(run.progress["val"].get("acc", math.nan)),
         verdict=str(summary["diagnosis/verdict"]),
         non_finite_step=monitor.non_finite_step,
         summary=summary,
