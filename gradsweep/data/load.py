@@ -109,7 +109,7 @@ def _load_full(
     )
 
 
-# The processed-tensor cache (gradsweep/data_cache.py): split name -> (cache file, key).
+# The processed-tensor cache (gradsweep/data/cache.py): split name -> (cache file, key).
 _CachePlan = dict[str, tuple[Path, str]]
 
 
