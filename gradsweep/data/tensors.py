@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -44,7 +43,6 @@ class Data:
 
 
 def split_and_normalize(
-    cfg: Any,
     device: torch.device,
     spec: DatasetSpec,
     images: torch.Tensor,

@@ -32,14 +32,11 @@ VERDICT = "diagnosis/verdict"
 # Choices that may vary across a sweep besides the fixes; a column only where they vary.
 SETUP_KEYS = ("experiment", "model", "data", "optimizer", "data.source")
 
-
 # Overrides that say where or how a run ran, not what it tried.
 _NOT_A_CHOICE = ("hydra.", "logger.", "seed", "data.root", "trainer.device", "data.download")
 
-
 # An experiment names a bundle of choices; its fix choices are compared instead.
 _LABELS = ("experiment",)
-
 
 # The project's defaults, when conf/ cannot be read.
 _FALLBACK_DEFAULTS = {

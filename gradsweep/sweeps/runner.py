@@ -42,12 +42,9 @@ from gradsweep.sweeps.workers import auto_workers, worker_env
 
 log = logging.getLogger(__name__)
 
-
 CONSOLE = "console.log"
 
-
 POLL_S = 0.2
-
 
 # After an interrupt: how long running jobs get to checkpoint and exit after SIGTERM.
 STOP_GRACE_S = 30.0

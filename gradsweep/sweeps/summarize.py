@@ -15,7 +15,6 @@ from gradsweep.sweeps.compare import VERDICT, Comparison, Row, collect, compare
 
 FORMATS = ("table", "csv", "json", "md")
 
-
 METRICS = ("grad_flow/log10_ratio", "val/acc", "val/acc_best", "clip/hit_rate")
 
 

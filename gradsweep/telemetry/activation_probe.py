@@ -16,7 +16,6 @@ from gradsweep.fixes.activations import is_activation
 # derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).
 SATURATED_BELOW = 0.1
 
-
 # The ReLU family: flat (zero, or nearly: leaky, GELU, SiLU) for negative inputs. A unit of
 # these is dead when no sample of the batch gives it a positive input.
 RELU_TYPES: tuple[type[nn.Module], ...] = (
