@@ -105,6 +105,11 @@ METHOD_KINDS: dict[str, str] = {
 # and near zero away from the origin, which is what starves early layers.
 SATURATING = frozenset({"sigmoid", "tanh"})
 RELU_FAMILY = frozenset({"relu", "leaky_relu", "gelu", "silu"})
+# Every kind that is flat, or nearly (leaky, GELU, SiLU), for negative inputs: a unit of these
+# is dead when no input reaches its positive side.
+FLAT_BELOW_ZERO = frozenset(
+    {"relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "celu", "gelu", "silu", "mish"}
+)
 
 
 def create_activation(name: str, **kwargs: object) -> nn.Module:

@@ -10,26 +10,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gradsweep.fixes.activations import is_activation
+from gradsweep.fixes.activations import FLAT_BELOW_ZERO, is_activation, kind_of
 
 # A saturating unit counts as saturated where its local derivative is below this share of the
 # derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).
 SATURATED_BELOW = 0.1
-
-# The ReLU family: flat (zero, or nearly: leaky, GELU, SiLU) for negative inputs. A unit of
-# these is dead when no sample of the batch gives it a positive input.
-RELU_TYPES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-)
 
 
 class ActivationProbe:
@@ -60,7 +45,11 @@ class ActivationProbe:
                 saturated = (y * (1 - y) < SATURATED_BELOW * 0.25).float().mean()
             elif isinstance(module, nn.Tanh):
                 saturated = (1 - y * y < SATURATED_BELOW).float().mean()
-            elif isinstance(module, RELU_TYPES) and inputs and isinstance(inputs[0], torch.Tensor):
+            elif (
+                kind_of(module) in FLAT_BELOW_ZERO
+                and inputs
+                and isinstance(inputs[0], torch.Tensor)
+            ):
                 # A unit (feature, or channel at a position) no sample of the batch activates.
                 dead = (inputs[0].detach() <= 0).all(dim=0).float().mean()
             self._pending.append(torch.stack([y.std(), saturated, dead]))
