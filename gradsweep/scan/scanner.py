@@ -23,8 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.config import FIX_GROUPS
-from gradsweep.errors import ConfigError
+from gradsweep.config import FIX_GROUPS, group_choice
+from gradsweep.errors import ConfigError, ShapeMismatchError
 from gradsweep.scan.composer import GridComposer, compose, inert_axis
 from gradsweep.scan.grid import Grid, override_value
 from gradsweep.scan.result import ScanResult, ScanRow
@@ -97,7 +97,6 @@ def _measure_all(
     import torch
 
     from gradsweep.data.load import load_data
-    from gradsweep.errors import ShapeMismatchError
     from gradsweep.run.build import pick_device
     from gradsweep.run.validate import check_config
     from gradsweep.scan.measure import measure
@@ -141,8 +140,6 @@ def _choice(cfg: DictConfig, group: str, chosen: Mapping[str, str]) -> str:
         return override_value(chosen[group])
     if group not in cfg:
         return ""
-    from gradsweep.config import group_choice
-
     return group_choice(cfg, group)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from gradsweep.config import FIX_GROUPS
+from gradsweep.config import FIX_GROUPS, compose
 from gradsweep.errors import SweepError
 
 VERDICT = "diagnosis/verdict"
@@ -232,8 +232,6 @@ def _sort_key(row: Row) -> tuple:
 def project_defaults() -> dict[str, Any]:
     """Each fix group's default choice, as conf/train.yaml composes it."""
     try:
-        from gradsweep.config import compose
-
         cfg = compose(["logger=none"])
         return {group: str(cfg[group].name) for group in FIX_GROUPS}
     except Exception:  # no checkout's conf/ here: the defaults the project ships
