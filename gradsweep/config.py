@@ -17,6 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 # The checkout's conf/ (the package is installed editable, beside it).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
+# The fixes, in the order the diagnosis advises them.
+FIX_GROUPS = ("activation", "init", "norm", "skip", "clipping")
+# The groups whose choice each run records under the group's own name.
+CHOICE_GROUPS = ("data", "model", "activation", "init", "norm", "skip", "clipping", "optimizer")
+GROUPS = (*CHOICE_GROUPS, "logger")
+# `data.source`: where the images come from (gradsweep.data.sources says what each means).
+DATA_SOURCES = ("auto", "full", "bundled")
+# `logger.mode`: where a run logs (gradsweep.tracking.tracker says what each means).
+LOGGER_MODES = ("auto", "online", "offline", "disabled")
+# Characters a Hydra override value may hold unquoted; anything else is quoted.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
+
 
 def find_conf_dir(explicit: str | Path | None = None) -> Path:
     """conf/ given explicitly, else the checkout's, else ./conf."""
@@ -44,19 +56,6 @@ def is_custom(cfg_model) -> bool:
     `keys()`, not `in`: omegaconf's `in` is False for a `???` value not yet given.
     """
     return "_target_" in cfg_model.keys()  # noqa: SIM118
-
-
-# The fixes, in the order the diagnosis advises them.
-FIX_GROUPS = ("activation", "init", "norm", "skip", "clipping")
-# The groups whose choice each run records under the group's own name.
-CHOICE_GROUPS = ("data", "model", "activation", "init", "norm", "skip", "clipping", "optimizer")
-GROUPS = (*CHOICE_GROUPS, "logger")
-# `data.source`: where the images come from (gradsweep.data.sources says what each means).
-DATA_SOURCES = ("auto", "full", "bundled")
-# `logger.mode`: where a run logs (gradsweep.tracking.tracker says what each means).
-LOGGER_MODES = ("auto", "online", "offline", "disabled")
-# Characters a Hydra override value may hold unquoted; anything else is quoted.
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
 
 
 def group_choice(cfg: DictConfig, group: str) -> str:
