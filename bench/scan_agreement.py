@@ -35,7 +35,7 @@ def stratified(rows: list[dict], size: int, seed: int, floor: int = 6) -> list[d
     for row in rows:
         by_verdict[row["verdict"]].append(row)
     quota = {v: min(len(rs), floor) for v, rs in by_verdict.items()}
-    left = size - sum(quota.values())
+    left = max(0, size - sum(quota.values()))  # a small sample is trimmed below
     spare = {v: len(rs) - quota[v] for v, rs in by_verdict.items()}
     total_spare = sum(spare.values()) or 1
     for verdict in sorted(spare, key=spare.get, reverse=True):
