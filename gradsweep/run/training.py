@@ -239,9 +239,12 @@ def _loop(
             if monitor.non_finite_step is not None:
                 log.error("non-finite loss or gradient at step %d: stopping", step)
                 break
-            if stop.requested or (step + 1) % cfg.trainer.checkpoint_every == 0:
-                run.checkpoint(cfg, run_dir, step + 1, clean_stop=stop.requested)
-            if stop.requested:
+            # Read once: a signal that lands during this step's checkpoint stops the run at the
+            # next step, after a checkpoint that says so, not after this one, which does not.
+            stopping = stop.requested
+            if stopping or (step + 1) % cfg.trainer.checkpoint_every == 0:
+                run.checkpoint(cfg, run_dir, step + 1, clean_stop=stopping)
+            if stopping:
                 log.warning(
                     "signal %d: checkpoint saved at step %d; stopping", stop.signum, step + 1
                 )
