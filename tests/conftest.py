@@ -21,7 +21,7 @@ ComposeFn = Callable[..., DictConfig]
 
 @pytest.fixture(autouse=True, scope="session")
 def _session_data_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Processed-data caches (gradsweep/data_cache.py) go to a folder of this session, for this
+    """Processed-data caches (gradsweep/data/cache.py) go to a folder of this session, for this
     process and the ones it starts: no test reads or writes the user's ~/.cache/gradsweep/."""
     previous = os.environ.get("GRADSWEEP_CACHE_DIR")
     os.environ["GRADSWEEP_CACHE_DIR"] = str(tmp_path_factory.mktemp("data-cache"))

@@ -273,6 +273,7 @@ def torchvision_models():
     return torchvision.models
 
 
+@pytest.mark.slow  # torchvision's model zoo: VGG-11 forward and backward four times
 def test_every_transform_on_torchvision_vgg11_without_batch_norm(torchvision_models) -> None:
     """VGG-11 as torchvision builds it (no BN, ReLU modules), each transform in turn."""
     torch.manual_seed(0)
@@ -310,6 +311,7 @@ def test_every_transform_on_torchvision_vgg11_without_batch_norm(torchvision_mod
     assert len(weight_layers(model, x)) == 11  # projections are not reported as layers
 
 
+@pytest.mark.slow  # torchvision's model zoo
 @pytest.mark.parametrize(
     ("fix", "choice"),
     [("activation", "silu"), ("norm", "batch"), ("skip", "residual"), ("init", "kaiming")],

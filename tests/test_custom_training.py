@@ -48,6 +48,7 @@ def test_custom_model_trains_with_each_fix_group(make_cfg, tmp_path, caplog, fix
     assert summary["grad_flow/first"] > 0 and summary["diagnosis/verdict"]
 
 
+@pytest.mark.slow
 def test_custom_model_through_train_py_with_every_fix(tmp_path: Path) -> None:
     result = subprocess.run(
         [
@@ -67,7 +68,7 @@ def test_custom_model_through_train_py_with_every_fix(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,  # a bound for a hang, not a measurement
     )
     assert result.returncode == 0, result.stderr
     for line in ("activation: swapped", "norm: inserted", "skip: wrapped", "init: kaiming"):
@@ -88,6 +89,7 @@ def test_show_prints_the_fixed_custom_model_and_its_layers(capsys) -> None:
     assert "layers_0_act = self.layers_0_act(layers_0_norm)" in out  # the rewritten forward
 
 
+@pytest.mark.slow  # the W&B writer process, and wandb's own service for the user's run
 def test_monitor_in_a_hand_written_loop_gives_the_built_in_loops_norms(
     make_cfg, tmp_path, no_wandb_credentials
 ) -> None:

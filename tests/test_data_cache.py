@@ -54,10 +54,16 @@ def beside_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(data_cache.ENV_VAR, raising=False)
 
 
+def identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level and "cache" in r.msg]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_second_load_reads_the_cache_without_torchvision(
     tmp_path: Path, beside_the_data: None
 ) -> None:
@@ -67,7 +73,8 @@ def test_second_load_reads_the_cache_without_torchvision(
     cache = tmp_path / "gradsweep-cache"
     files = sorted(p.name for p in cache.iterdir())
     assert files == ["mnist-test.pt", "mnist-train.pt"]
-    written = {name: (cache / name).stat().st_mtime_ns for name in files}
+    # A file written again (a temp file renamed over it) is a new inode, whatever the clock.
+    written = {name: identity(cache / name) for name in files}
 
     # A fresh interpreter: nothing has imported torchvision there unless the load does.
     script = textwrap.dedent(
@@ -94,7 +101,7 @@ def test_second_load_reads_the_cache_without_torchvision(
     for name in SPLITS:
         assert torch.equal(warm[name], getattr(cold, name)), name  # bit-identical
     # Read, not rewritten.
-    assert {name: (cache / name).stat().st_mtime_ns for name in files} == written
+    assert {name: identity(cache / name) for name in files} == written
 
 
 def test_cached_load_is_bit_identical_to_an_uncached_one(
@@ -165,14 +172,14 @@ def test_a_damaged_cache_file_is_rebuilt_never_used(
         path.write_bytes(bytes(blob))
     else:
         torch.save({"images": torch.zeros(3)}, path)
-    stat = path.stat()
+    damaged = path.read_bytes()
 
     with caplog.at_level(logging.INFO, logger="gradsweep"):
         data = load_data(cfg)
     warnings = messages(caplog, logging.WARNING)
     assert len(warnings) == 1 and str(path) in warnings[0] and "rebuilding" in warnings[0]
     assert_identical(data, good)
-    assert path.stat().st_mtime_ns != stat.st_mtime_ns  # written again, whole
+    assert path.read_bytes() != damaged  # written again (whole: it reads back below)
     raw = tmp_path / "MNIST" / "raw"
     sources = [raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"]
     key = data_cache.make_key("mnist", "train", "torchvision.datasets.MNIST", sources)

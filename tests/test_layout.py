@@ -122,6 +122,7 @@ def test_the_layering_test_sees_a_wrong_import(tmp_path: Path) -> None:
     assert imports(source, set(modules())) == {"gradsweep.run.training"}
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_gradsweep_loads_no_torch() -> None:
     code = "import sys, gradsweep; print(sorted({'torch', 'wandb', 'hydra'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

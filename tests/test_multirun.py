@@ -13,6 +13,8 @@ import pytest
 from gradsweep.sweeps.summarize import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each test runs `python train.py -m`, whose launcher starts the jobs' processes.
+pytestmark = pytest.mark.slow
 # Two runs that differ in one fix, each a few steps of a tiny MLP on the bundled digits.
 GRID = [
     "activation=sigmoid,relu",

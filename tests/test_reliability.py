@@ -22,8 +22,11 @@ from gradsweep.run.training import train
 from gradsweep.scan import report as scan_report
 
 ROOT = Path(__file__).resolve().parents[1]
+PAUSED_TRAIN = Path(__file__).with_name("paused_train.py")
 FAKE_KEY = "gsfake" + "0123456789abcdef" * 2 + "xyzw"  # 42 chars, well formed, never valid
 RUN = ["data.source=bundled", "trainer.max_steps=40", "trainer.checkpoint_every=10"]
+# Bounds for a hang, not measurements: a run takes seconds, more on a loaded machine.
+HANG_S = 600
 
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -34,24 +37,34 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(run_dir: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
-    command = [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}", *overrides]
+def start(
+    run_dir: Path, env: dict[str, str], *overrides: str, paused: tuple[Path, str, int] | None = None
+) -> subprocess.Popen:
+    """`python train.py` on RUN and overrides in run_dir; with paused=(gate, where, step), the
+    same run through tests/paused_train.py, which waits at that point for `go(gate)`."""
+    program = ["train.py"] if paused is None else [str(PAUSED_TRAIN), *map(str, paused)]
+    command = [sys.executable, *program, *RUN, f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+def finish(process: subprocess.Popen, timeout: float = HANG_S) -> tuple[int, str]:
     _, stderr = process.communicate(timeout=timeout)
     return process.returncode, stderr
 
 
-def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 180
-    while not checkpoint_path(run_dir).exists():
+def wait_until_paused(gate: Path, process: subprocess.Popen) -> None:
+    """Until the process started with paused=(gate, ...) has stopped at its point."""
+    deadline = time.monotonic() + HANG_S
+    while not (gate / "paused").exists():
         assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert time.monotonic() < deadline, "the run never reached its pause"
         time.sleep(0.05)
+
+
+def go(gate: Path) -> None:
+    (gate / "go").touch()
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -75,18 +88,38 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_weights_and_metrics(uninterrupted, tmp_path, sig):
+# Where the signal lands (tests/paused_train.py holds the run there until it is sent), and
+# the step of the checkpoint the run stops with: in step 15, after step 10's checkpoint
+# (SIGKILL leaves that one; SIGTERM checkpoints at the step's end, 16), or inside the
+# checkpoint of step 20, W&B flushed and the file not yet written (SIGTERM: that checkpoint
+# completes as a plain one, and the run stops after the next step, with a clean one).
+SIGNALLED = [
+    pytest.param(signal.SIGKILL, ("step", 15), 10, id="SIGKILL-mid-step"),
+    pytest.param(signal.SIGTERM, ("step", 15), 16, id="SIGTERM-mid-step"),
+    pytest.param(signal.SIGTERM, ("checkpoint", 20), 21, id="SIGTERM-mid-checkpoint"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "where", "stops_at"), SIGNALLED)
+def test_killed_run_resumes_to_the_same_weights_and_metrics(
+    uninterrupted, tmp_path, sig, where, stops_at
+):
     env = clean_env(tmp_path)
-    process = start(tmp_path, env, "logger=wandb")
-    wait_for_checkpoint(tmp_path, process)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    process = start(tmp_path, env, "logger=wandb", paused=(gate, *where))
+    wait_until_paused(gate, process)
     process.send_signal(sig)
+    go(gate)  # after the signal: a SIGTERM is recorded before the run goes on
     code, stderr = finish(process)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM), stderr
+    checkpoint = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    stopped_at = checkpoint["step"]
+    assert stopped_at == stops_at
     if sig == signal.SIGTERM:
-        assert "checkpoint saved at step" in stderr
-    stopped_at = torch.load(checkpoint_path(tmp_path), weights_only=True)["step"]
-    assert 0 < stopped_at < 40
+        assert f"checkpoint saved at step {stopped_at}" in stderr
+        assert checkpoint["clean_stop"]  # the run ended its W&B run itself: nothing to replay
 
     code, stderr = finish(start(tmp_path, env, "logger=wandb"))
     assert code == 0, stderr
@@ -114,6 +147,7 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(uninterrupted, tmp_p
     assert len(ids) == 1
 
 
+@pytest.mark.slow
 def test_finished_run_folder_trains_no_more(uninterrupted) -> None:
     before = final_weights(uninterrupted)
     code, stderr = finish(start(uninterrupted, clean_env(uninterrupted), "logger=none"))
@@ -186,6 +220,7 @@ def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temp_file(tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+@pytest.mark.slow
 def test_nan_stops_the_run_with_its_own_exit_code(tmp_path) -> None:
     overrides = ("logger=wandb", "activation=relu", "init=kaiming", "optimizer.lr=1e4")
     process = start(tmp_path, clean_env(tmp_path), *overrides)
@@ -207,6 +242,7 @@ def test_unwritable_run_folder_is_named(make_cfg, tmp_path) -> None:
         train(make_cfg(max_steps=2), run_dir=blocker / "run")
 
 
+@pytest.mark.slow
 def test_api_key_appears_in_no_file_and_no_output(tmp_path) -> None:
     env = clean_env(tmp_path, WANDB_API_KEY=FAKE_KEY)
     del env["WANDB_MODE"]  # auto mode sees the key, finds no server, goes offline

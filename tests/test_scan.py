@@ -29,12 +29,12 @@ SMALL = ["data.source=bundled", "logger=none"]
 
 
 @pytest.fixture
-def offline_wandb(monkeypatch):
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
+def offline_wandb(no_wandb_credentials, monkeypatch):
+    """Offline W&B runs, with wandb's own files (HOME, config) under tmp_path."""
     monkeypatch.setenv("WANDB_MODE", "offline")
 
 
+@pytest.mark.slow  # the W&B writer process
 def test_scan_equals_the_first_training_step_of_a_real_run(tmp_path, offline_wandb) -> None:
     # seed=3 and clipping=norm: the scan's seed is the run's, and clipping changes nothing
     # before the norms are taken.
@@ -194,6 +194,7 @@ def test_a_configuration_that_cannot_build_is_reported_not_fatal(tmp_path, capsy
     assert ",healthy," in next(line for line in lines if ",none,none," in line)
 
 
+@pytest.mark.slow  # the W&B writer process
 def test_scan_logs_one_wandb_run_with_the_table_and_the_heatmap(tmp_path, offline_wandb) -> None:
     grid = ["activation=relu,tanh", "model.depth=3", "data.source=bundled", "logger.mode=offline"]
     assert main(["scan", *grid, "--seeds", "1", "--format", "md", "--out", str(tmp_path)]) == 0

@@ -136,6 +136,8 @@ def test_dry_run_prints_the_agent_commands(tmp_path, capsys) -> None:
     assert not (tmp_path / "s").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_wandb_credentials")  # the jobs' wandb writes under tmp_path/home
 def test_offline_sweep_end_to_end_then_nothing_repeats(tmp_path) -> None:
     path = write_definition(tmp_path, activation={"values": ["sigmoid", "relu"]})
     definition = load_definition(path)
@@ -171,6 +173,8 @@ def test_offline_sweep_end_to_end_then_nothing_repeats(tmp_path) -> None:
     assert {row.verdict for row in from_wandb.rows} == {row["diagnosis/verdict"] for row in rows}
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_wandb_credentials")
 def test_a_run_driven_to_nan_is_recorded_and_the_sweep_goes_on(tmp_path) -> None:
     path = write_definition(
         tmp_path,

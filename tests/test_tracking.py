@@ -4,6 +4,9 @@ Every test runs with no W&B credentials: HOME, wandb's config folder and the net
 into tmp_path and the WANDB_* variables that carry keys or modes are unset; the W&B writer
 process inherits that environment. `finish()` returns once the writer has exited, so the
 run's files are complete then.
+
+Every test starts a process (the W&B writer, or a Python of its own), hence `slow`. No test
+times anything: "fast" below means the online init was never tried, as the log line says.
 """
 
 from __future__ import annotations
@@ -11,24 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gradsweep.tracking.tracker import start_tracking
 from gradsweep.tracking.wandb_records import BLOCK_LEN, find_runs, read_run
-from gradsweep.tracking.wandb_writer import PROBE_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "gradsweepfakekey" + "0123456789abcdef01234567"  # 40 characters, wandb's format
-# Offline init (service start included) takes ~0.5 s, up to ~3 s on a loaded 2-core machine.
-INIT_MARGIN_S = 6.0
+# How long a writer may take to end a run on its own before a test gives up: a bound for a
+# hang, not a measurement (ending takes seconds, more on a loaded machine).
+ENDED_WITHIN_S = 600
 
 
 def logger_cfg(**overrides: object) -> dict[str, object]:
@@ -48,7 +53,7 @@ def logger_cfg(**overrides: object) -> dict[str, object]:
     return cfg
 
 
-pytestmark = pytest.mark.usefixtures("no_wandb_credentials")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_wandb_credentials")]
 
 
 def write_png(path: Path) -> Path:
@@ -128,10 +133,14 @@ def test_reader_agrees_with_wandb_leet(tmp_path: Path) -> None:
     wandb_cli = shutil.which("wandb")
     if wandb_cli is None:
         pytest.skip("no wandb command on PATH")
+    # wandb's CLI appends to <temp dir>/debug-cli.<user>.log (no ./wandb folder here): a
+    # temp dir of this test's own, not the /tmp that other suites and users share.
     leet = subprocess.run(
         [wandb_cli, "leet", "inspect", "--summary", "--json", str(wandb_file)],
         capture_output=True,
         text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     if leet.returncode != 0:
         pytest.skip(f"wandb leet inspect unavailable: {leet.stderr.strip()[:200]}")
@@ -180,15 +189,13 @@ def test_reader_tolerates_a_cut_tail_and_rejects_corruption(tmp_path: Path) -> N
 
 def test_auto_without_key_runs_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
-    start = time.perf_counter()
     tracker = start_tracking(logger_cfg(mode="auto"), {}, tmp_path / "run")
     mode = tracker.mode  # waits for the run to start
-    elapsed = time.perf_counter() - start
     tracker.log({"train/loss": 1.0}, step=0)
     tracker.finish()
 
     assert mode == "offline"
-    assert elapsed < INIT_MARGIN_S
+    # Offline at once: the reason is the missing key, so no online init was tried.
     [record] = [r for r in caplog.records if r.name == "gradsweep.tracking.tracker"]
     assert "offline (no API key configured)" in record.getMessage()
     assert "wandb sync" in record.getMessage()
@@ -199,11 +206,14 @@ def files_holding(folder: Path, text: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
 
 
-def closed_port() -> int:
-    """A local port nothing listens on: connecting is refused at once."""
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port nothing listens on, for the whole test: connecting is refused at once.
+    The port stays bound (never listening) until the test ends, so that no other process,
+    such as a second test suite's stand-in server, can take it meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("server", ["dns", "refused"])
@@ -211,26 +221,26 @@ def test_auto_with_key_and_no_server_runs_offline_fast(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    closed_port: int,
     server: str,
 ) -> None:
     # Without the probe, wandb.init would wait init_timeout (90 s by default) for the server.
     base_url = {
         "dns": "https://gradsweep-test.invalid",  # .invalid never resolves (RFC 2606)
-        "refused": f"http://127.0.0.1:{closed_port()}",
+        "refused": f"http://127.0.0.1:{closed_port}",
     }[server]
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", base_url)
     caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
-    start = time.perf_counter()
     tracker = start_tracking(logger_cfg(mode="auto"), {"seed": 0}, tmp_path / "run")
     mode = tracker.mode
-    elapsed = time.perf_counter() - start
     tracker.finish()
 
     assert mode == "offline"
-    assert elapsed < PROBE_TIMEOUT_S + INIT_MARGIN_S
+    # The probe found no server, so the online init (the wait) was never tried.
     [record] = [r for r in caplog.records if r.name == "gradsweep.tracking.tracker"]
     assert f"{base_url} unreachable" in record.getMessage()
+    assert "online init failed" not in caplog.text
     assert FAKE_KEY not in caplog.text
     assert not files_holding(tmp_path, FAKE_KEY)
 
@@ -247,18 +257,15 @@ def test_auto_falls_back_when_server_never_answers(
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
         caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
         run_dir = tmp_path / "run"
-        start = time.perf_counter()
         tracker = start_tracking(
             logger_cfg(mode="auto", init_timeout=1), {"seed": 0}, run_dir, run_id="resumable1"
         )
         assert tracker.mode == "offline"
-        elapsed = time.perf_counter() - start
         tracker.log({"train/loss": 1.0}, step=0)
         tracker.finish()
 
     assert (tracker.mode, tracker.run_id) == ("offline", "resumable1")
-    # init_timeout, then ~2 s for wandb's service to shut down, then an offline init.
-    assert elapsed < 1 + 2 + INIT_MARGIN_S
+    # The probe passed (the server accepts), so the online init was tried and failed.
     assert "online init failed" in caplog.text
     # The failed online attempt's folder is gone: the run folder holds one run.
     [wandb_file] = find_runs(run_dir)
@@ -339,7 +346,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert [row["train/loss"] for row in run.history] == list(range(500))
 
 
-def ended_run(run_dir: Path, timeout: float = 60):
+def ended_run(run_dir: Path, timeout: float = ENDED_WITHIN_S):
     """The run in run_dir once the writer has written its exit record (the writer ends the
     run on its own after the training process is gone, so this polls)."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,8 @@ from gradsweep.run.build import stream_seed
 from gradsweep.run.training import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
+# A bound for a hang, not a measurement: `python train.py` takes seconds, more when loaded.
+HANG_S = 600
 
 
 def run(make_cfg, tmp_path: Path, *overrides: str, max_steps: int = 30) -> dict:
@@ -80,6 +82,7 @@ def test_batch_norm_on_tiny_batches_warns_and_on_one_sample_refuses(make_cfg, tm
     assert "use norm=layer or norm=group" in caplog.text
 
 
+@pytest.mark.slow
 def test_train_py_runs_from_the_command_line(tmp_path: Path) -> None:
     """The real entry point: Hydra composes, train() runs, logs go to stderr only."""
     result = subprocess.run(
@@ -96,7 +99,7 @@ def test_train_py_runs_from_the_command_line(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -130,6 +133,7 @@ def test_bad_input_fails_before_any_work_with_a_message_naming_the_fix(
     assert not any(tmp_path.iterdir())  # nothing written, nothing loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -143,13 +147,14 @@ def test_bad_input_on_the_command_line_exits_non_zero(overrides, message, tmp_pa
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_S,
     )
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow  # the W&B writer process
 def test_offline_wandb_run_holds_a_row_per_step_and_the_verdict(
     make_cfg, tmp_path, no_wandb_credentials
 ) -> None:
@@ -195,6 +200,7 @@ def test_bf16_autocast_and_compile_switches_train(make_cfg, tmp_path, switch) ->
     assert summary["steps"] == 6 and summary["diagnosis/verdict"] != "non_finite"
 
 
+@pytest.mark.slow  # the W&B writer process
 def test_a_model_that_cannot_be_built_ends_its_wandb_run_as_failed(
     make_cfg, tmp_path, no_wandb_credentials
 ) -> None:
