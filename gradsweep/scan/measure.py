@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 from gradsweep.data.batches import Batches
 from gradsweep.data.tensors import Data
 from gradsweep.run.build import build_model, stream_seed
-from gradsweep.telemetry.activation_probe import ActivationProbe, columns_median, nanmedian
-from gradsweep.telemetry.diagnosis import thresholds_from_config
+from gradsweep.telemetry.activation_probe import ActivationProbe
+from gradsweep.telemetry.diagnosis import columns_median, nanmedian, thresholds_from_config
 from gradsweep.telemetry.monitor import GradientMonitor
 
 

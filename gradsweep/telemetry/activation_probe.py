@@ -4,13 +4,12 @@ of saturated units (sigmoid, tanh) or dead units (the ReLU family), from forward
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from gradsweep.fixes.activations import FLAT_BELOW_ZERO, is_activation, kind_of
+from gradsweep.telemetry.diagnosis import columns_median
 
 # A saturating unit counts as saturated where its local derivative is below this share of the
 # derivative's peak (sigmoid: y(1 - y) < 0.025, |x| > 3.6; tanh: 1 - y^2 < 0.1, |x| > 1.8).
@@ -71,16 +70,3 @@ class ActivationProbe:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def nanmedian(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return statistics.median(kept) if kept else math.nan
-
-
-def columns_median(rows) -> list[float]:
-    """Median of each column over rows of equal length, NaN ignored."""
-    rows = [list(row) for row in rows]
-    if not rows:
-        return []
-    return [nanmedian(column) for column in zip(*rows, strict=True)]

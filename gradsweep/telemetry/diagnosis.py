@@ -53,6 +53,20 @@ def log10_ratio(first: float, last: float) -> float:
     return math.log10(max(first, tiny)) - math.log10(max(last, tiny))
 
 
+def nanmedian(values: Sequence[float]) -> float:
+    """The median of the values that are not NaN; NaN when none is."""
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else math.nan
+
+
+def columns_median(rows) -> list[float]:
+    """Median of each column over rows of equal length, NaN ignored."""
+    rows = [list(row) for row in rows]
+    if not rows:
+        return []
+    return [nanmedian(column) for column in zip(*rows, strict=True)]
+
+
 def diagnose(
     layer_norms: Sequence[Sequence[float]],
     totals: Sequence[float],
@@ -63,10 +77,7 @@ def diagnose(
         return Verdict("healthy", 0.0, (), 0.0, "no steps measured")
     # A layer without a gradient at a step reads NaN there and is left out of its
     # median; a NaN or inf gradient anywhere makes the global norm non-finite.
-    columns = [
-        [v for v in column if not math.isnan(v)] for column in zip(*layer_norms, strict=True)
-    ]
-    medians = tuple(statistics.median(c) if c else math.nan for c in columns)
+    medians = tuple(columns_median(layer_norms))
     ratios = [log10_ratio(row[0], row[-1]) for row in layer_norms]
     ratios = [r for r in ratios if not math.isnan(r)]
     if not all(math.isfinite(v) for v in totals):
