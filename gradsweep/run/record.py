@@ -11,7 +11,7 @@ from gradsweep.config import CHOICE_GROUPS, group_choice
 from gradsweep.data.tensors import Data
 from gradsweep.fixes.activations import dominant_activation
 from gradsweep.fixes.pipeline import UNCHANGED
-from gradsweep.telemetry.diagnosis import Thresholds, advise
+from gradsweep.telemetry.diagnosis import advise
 from gradsweep.telemetry.monitor import GradientMonitor
 
 
@@ -20,7 +20,6 @@ def build_summary(
     model: nn.Module,
     data: Data,
     monitor: GradientMonitor,
-    thresholds: Thresholds,
     evals: dict,
     steps: int,
 ) -> dict[str, object]:
@@ -38,7 +37,7 @@ def build_summary(
         skip=group_choice(cfg, "skip"),
         batch_size=cfg.data.batch_size,
         clip_hit_rate=clip_rate,
-        thresholds=thresholds,
+        thresholds=monitor.thresholds,
     )
     summary: dict[str, object] = {
         **{group: group_choice(cfg, group) for group in CHOICE_GROUPS},

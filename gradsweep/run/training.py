@@ -263,7 +263,7 @@ def _conclude(cfg: DictConfig, run: _Run, data: Data, run_dir: Path, steps: int)
     model, monitor = run.model, run.monitor
     test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
     evals = {**run.progress, "test": test}
-    summary = build_summary(cfg, model, data, monitor, monitor.thresholds, evals, steps=steps)
+    summary = build_summary(cfg, model, data, monitor, evals, steps=steps)
     report(monitor, summary, run_dir, run.tracker)
     write_json_atomic(run_dir / "summary.json", summary)
     run.tracker.update_summary(summary)

@@ -68,16 +68,13 @@ class SweepRunner:
         if workers < 1:
             raise SweepError(f"--workers {workers}: give at least 1")
         self.plan = plan
-        self.definition = plan.definition
-        self.sweep_dir = plan.sweep_dir
         self.workers = workers
-        self.metric = plan.metric
         self.stderr = stderr or sys.stderr
 
     def run(self) -> SweepOutcome:
         """Run the planned jobs, `workers` at a time; Ctrl-C stops them and records that."""
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        with _lock(self.sweep_dir), _sigterm_as_interrupt():
+        self.plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+        with _lock(self.plan.sweep_dir), _sigterm_as_interrupt():
             self._save_definition()
             outcome = SweepOutcome(planned=[], already_finished=len(self.plan.finished_records))
             start = time.perf_counter()
@@ -125,7 +122,7 @@ class SweepRunner:
         record.folder.mkdir(parents=True, exist_ok=True)
         record.state, record.exit_code, record.seconds = RUNNING, None, None
         record.save()
-        env = worker_env(os.environ, slot, self.workers, self.definition.name)
+        env = worker_env(os.environ, slot, self.workers, self.plan.definition.name)
         console = (record.folder / CONSOLE).open("a")
         console.write(f"$ {shlex.join(record.command)}\n")
         console.flush()
@@ -153,8 +150,8 @@ class SweepRunner:
         if record.state == FINISHED:
             summary = record.summary()
             result = f"{summary.get('diagnosis/verdict', '?')}"
-            if self.metric and isinstance(summary.get(self.metric), int | float):
-                result += f", {self.metric} {summary[self.metric]:.4f}"
+            if self.plan.metric and isinstance(summary.get(self.plan.metric), int | float):
+                result += f", {self.plan.metric} {summary[self.plan.metric]:.4f}"
             self._say(f"{where} {record.folder.name} finished in {record.seconds:.1f} s: {result}")
             return
         self._say(
@@ -191,19 +188,19 @@ class SweepRunner:
             self._say(f"interrupted: {len(running)} running job(s) stopped; rerun to resume them")
 
     def _save_definition(self) -> None:
-        path = self.sweep_dir / "sweep.yaml"
-        text = self.definition.path.read_text()
+        path = self.plan.sweep_dir / "sweep.yaml"
+        text = self.plan.definition.path.read_text()
         if path.is_file() and path.read_text() != text:
             log.warning(
                 "%s differs from the definition last run in %s; finished runs whose "
                 "parameters it still holds are kept",
-                self.definition.path,
-                self.sweep_dir,
+                self.plan.definition.path,
+                self.plan.sweep_dir,
             )
         path.write_text(text)
 
     def _describe(self, params: Mapping[str, Any]) -> str:
-        shown = self.definition.varying or sorted(params)
+        shown = self.plan.definition.varying or sorted(params)
         return " ".join(f"{name}={params[name]}" for name in shown if name in params)
 
     def _say(self, line: str) -> None:
