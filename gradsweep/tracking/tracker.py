@@ -18,33 +18,23 @@ laptop with no key or no network never crashes nor waits wandb's default ~100 s.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import pickle
 import secrets
-import select
-import socket
 import string
-import subprocess
-import sys
 from collections import deque
 from collections.abc import Mapping
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
 from gradsweep.config import LOGGER_MODES
+from gradsweep.tracking.writer_process import WriterProcess, prestart_writer, take_writer
 
 log = logging.getLogger(__name__)
 
 # WANDB_MODE values that auto mode honours: the user said where the run should go.
 _ENV_MODES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-# Bytes of rows the socket holds before `log` waits for the writer: ~1,000 rows of a 20-layer
-# MLP, so a writer that falls behind for a while (a busy machine) does not stall training.
-_SEND_BUFFER = 4 << 20
-WRITER_MODULE = "gradsweep.tracking.wandb_writer"
 
 
 class Tracker(Protocol):
@@ -104,103 +94,6 @@ class NullTracker:
 
     def finish(self, exit_code: int = 0) -> None:
         pass
-
-
-class WriterProcess:
-    """A running `python -m gradsweep.tracking.wandb_writer` and the socket to it."""
-
-    def __init__(self, niceness: int = 0) -> None:
-        ours, theirs = socket.socketpair()
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-        # The writer takes rows in bursts; a byte here wakes it for a call that waits for it.
-        self._bell, bell_theirs = socket.socketpair()
-        self._bell.setblocking(False)
-        # The package's own folder first on the path: the writer imports the same gradsweep.
-        package_root = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-        fds = (theirs.fileno(), bell_theirs.fileno())
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gradsweep.tracking.wandb_writer",
-                *map(str, fds),
-                str(niceness),
-            ],
-            pass_fds=fds,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": path},
-        )
-        theirs.close()
-        bell_theirs.close()
-        self.niceness = niceness
-        self._conn = Connection(ours.detach())
-        # Registered once: a poll(0) on it costs a few microseconds, Connection.poll() tens.
-        self._poller = select.poll()
-        self._poller.register(self._conn.fileno(), select.POLLIN)
-
-    def send(self, message: tuple, wake: bool = False) -> None:
-        """Send `message`; `wake` when the caller is about to wait for the writer's reply."""
-        try:
-            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-            if wake:
-                with contextlib.suppress(BlockingIOError):  # full: it rings already
-                    self._bell.send(b"!")
-        except OSError as error:  # BrokenPipeError, ConnectionResetError
-            raise self.died() from error
-
-    def receive(self) -> tuple:
-        try:
-            return pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as error:
-            raise self.died() from error
-
-    def has_message(self) -> bool:
-        return bool(self._poller.poll(0))
-
-    def died(self) -> RuntimeError:
-        return RuntimeError(
-            f"the W&B writer process exited with code {self.process.wait()}; "
-            "its error, if any, is printed above"
-        )
-
-    def close(self) -> None:
-        """Hang up and wait for the writer to exit (it finishes its run first)."""
-        self._conn.close()
-        self._bell.close()
-        self.process.wait()
-
-
-# A writer started by `prestart`, waiting for the next `start_tracking` to take it.
-_prestarted: WriterProcess | None = None
-
-
-def prestart(cfg_logger: Mapping[str, Any]) -> None:
-    """Start the W&B writer process now, if `cfg_logger` will want one, so that its import of
-    wandb (~1 s) overlaps whatever the caller imports and loads next. The next
-    `start_tracking` uses it."""
-    global _prestarted
-    try:
-        mode, _ = requested_mode(cfg_logger)
-    except ValueError:  # reported by the config check, with the fix
-        return
-    if _prestarted is None and mode not in ("none", "disabled"):
-        _prestarted = WriterProcess(_niceness(cfg_logger))
-
-
-def _niceness(cfg_logger: Mapping[str, Any]) -> int:
-    niceness = cfg_logger.get("niceness") or 0
-    return niceness if isinstance(niceness, int) and 0 <= niceness <= 19 else 0
-
-
-def _take_writer(niceness: int) -> WriterProcess:
-    global _prestarted
-    writer, _prestarted = _prestarted, None
-    if writer is not None and writer.niceness == niceness and writer.process.poll() is None:
-        return writer
-    if writer is not None:
-        writer.close()
-    return WriterProcess(niceness)
 
 
 class WandbTracker:
@@ -312,6 +205,23 @@ class WandbTracker:
             raise RuntimeError(f"unexpected message from the W&B writer: {message!r}")
 
 
+def prestart(cfg_logger: Mapping[str, Any]) -> None:
+    """Start the W&B writer process now, if `cfg_logger` will want one, so that its import of
+    wandb (~1 s) overlaps whatever the caller imports and loads next. The next
+    `start_tracking` uses it."""
+    try:
+        mode, _ = requested_mode(cfg_logger)
+    except ValueError:  # reported by the config check, with the fix
+        return
+    if mode not in ("none", "disabled"):
+        prestart_writer(_niceness(cfg_logger))
+
+
+def _niceness(cfg_logger: Mapping[str, Any]) -> int:
+    niceness = cfg_logger.get("niceness") or 0
+    return niceness if isinstance(niceness, int) and 0 <= niceness <= 19 else 0
+
+
 def requested_mode(cfg_logger: Mapping[str, Any]) -> tuple[str, str]:
     """The mode `cfg_logger` asks for ("none", "disabled", "auto", "online" or "offline"),
     with WANDB_MODE honoured in auto mode, and what decided it."""
@@ -363,6 +273,6 @@ def start_tracking(
         "run_id": run_id_fixed,
         "resume": run_id is not None,
     }
-    writer = _take_writer(_niceness(cfg_logger))
+    writer = take_writer(_niceness(cfg_logger))
     writer.send(("init", options))
     return WandbTracker(writer, run_id_fixed)
