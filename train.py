@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from gradsweep.run.entry import user_error_on_bad_overrides
 from gradsweep.tracking.tracker import prestart
 
 
@@ -39,4 +40,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    # A command line Hydra cannot compose (activation=gelx) exits 2, bad input, not Hydra's 1.
+    with user_error_on_bad_overrides():
+        main()

@@ -35,7 +35,23 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     SweepError,
 )
 
-# Exit codes of `python train.py` run alone (a multirun records them per job instead).
+
+def hydra_user_errors() -> tuple[type[Exception], ...]:
+    """Hydra's errors for a command line it cannot compose, bad input like USER_ERRORS: an
+    unknown option (`activation=gelx`) or key (`trainer.max_stepz=3`), a malformed override, a
+    missing `--config-dir`. A function, read when an error is matched against it, so that
+    importing this module imports no Hydra."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        OverrideParseException,
+        SearchPathException,
+    )
+
+    return (ConfigCompositionException, OverrideParseException, SearchPathException)
+
+
+# Exit codes of `python train.py` run alone (a multirun records them per job instead); a command
+# line Hydra cannot compose exits EXIT_USER_ERROR, multirun too, before any job runs.
 EXIT_USER_ERROR = 2  # bad config, missing data, foreign checkpoint: the message says what to do
 EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; summary.json says at which step
 

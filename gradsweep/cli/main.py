@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from gradsweep.cli import report, scan, show, summarize, sweep
-from gradsweep.errors import EXIT_USER_ERROR, USER_ERRORS
+from gradsweep.errors import EXIT_USER_ERROR, USER_ERRORS, hydra_user_errors
 
 COMMANDS = (show, scan, sweep, summarize, report)
 
@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except USER_ERRORS as error:  # a clear message, not a traceback, for expected failures
+    # A clear message, not a traceback, for expected failures: ours, and the overrides Hydra
+    # cannot compose (its message lists the options).
+    except (*USER_ERRORS, *hydra_user_errors()) as error:
         print(f"gradsweep: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
 
