@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+import gradsweep.config  # noqa: F401  registers the resolver of hydra.run.dir (conf/train.yaml)
 from gradsweep.run.entry import user_error_on_bad_overrides
 from gradsweep.tracking.tracker import prestart
 

@@ -8,6 +8,7 @@ choice under the group's name (`activation: relu`) and every other setting as a 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,18 @@ DATA_SOURCES = ("auto", "full", "bundled")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 # Characters a Hydra override value may hold unquoted; anything else is quoted.
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
+
+
+def run_folder(by_time: str) -> str:
+    """The run's folder under outputs/ (`hydra.run.dir` in conf/train.yaml): under `wandb agent`,
+    `sweep-<sweep id>/<W&B run id>`, so that a requeued run, which keeps its W&B id, finds its
+    checkpoint, and two agents never share a folder; else `by_time`, the start time."""
+    sweep_id, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    return f"sweep-{sweep_id}/{run_id}" if sweep_id and run_id else by_time
+
+
+# Registered on import: Hydra resolves hydra.run.dir before train.py's task runs.
+OmegaConf.register_new_resolver("gradsweep.run_folder", run_folder, replace=True)
 
 
 def find_conf_dir(explicit: str | Path | None = None) -> Path:

@@ -111,7 +111,7 @@ def test_monitor_in_a_hand_written_loop_gives_the_built_in_loops_norms(
     import wandb
 
     run = wandb.init(mode="offline", dir=tmp_path / "mine", project="gradsweep-tests")
-    monitor = gradsweep.GradientMonitor(model, data.train_x[:2], tracker=run)  # 1
+    monitor = gradsweep.GradientMonitor(model, data.train_x[:2], params="all", tracker=run)  # 1
     for step in range(steps):
         x, y = next(batches)
         loss = F.cross_entropy(model(x), y)
@@ -121,11 +121,12 @@ def test_monitor_in_a_hand_written_loop_gives_the_built_in_loops_norms(
         row = monitor.step(loss)  # 2
         optimizer.step()
         assert row is not None
-        keys = [k for k in row if k.startswith(("grad_norm/", "grad_flow/"))]
-        assert len(keys) == len(naive) + 4  # every parameter, total, first, last, ratio
-        for key in keys:
+        # As the built-in loop logs them: each weight layer by depth, total, first, last, ratio.
+        shared = [k for k in row if k.startswith("grad_flow/") or k == "grad_norm/total"]
+        assert len(shared) == len(monitor.layers) + 4
+        for key in shared:
             assert row[key] == pytest.approx(logged[step][key], rel=1e-5), (step, key)
-        for name, value in naive.items():
+        for name, value in naive.items():  # and every parameter, as params="all" asks
             assert row[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
     verdict = monitor.verdict()  # 3
     summary = json.loads((tmp_path / "builtin" / "summary.json").read_text())
@@ -138,5 +139,8 @@ def test_monitor_in_a_hand_written_loop_gives_the_built_in_loops_norms(
     assert [row["_step"] for row in history] == list(range(steps))
     for row in history:
         theirs = logged[row["_step"]]
-        for key in (k for k in row if k.startswith("grad_norm/")):
+        for key in (k for k in row if k in theirs and k.startswith(("grad_norm/", "grad_flow/"))):
             assert row[key] == pytest.approx(theirs[key], rel=1e-5), key
+        assert {k for k in row if k.startswith("grad_flow/layer_")} == {
+            k for k in theirs if k.startswith("grad_flow/layer_")
+        }

@@ -20,6 +20,8 @@ from gradsweep.files import write_json_atomic
 from gradsweep.run.checkpoint import checkpoint_path, save_checkpoint
 from gradsweep.run.training import train
 from gradsweep.scan import report as scan_report
+from gradsweep.tracking.tracker import RUN_ID_FILE
+from gradsweep.tracking.wandb_records import find_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSED_TRAIN = Path(__file__).with_name("paused_train.py")
@@ -72,8 +74,6 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def history_steps(run_dir: Path) -> list[tuple[int, float]]:
-    from gradsweep.tracking.wandb_records import find_runs, read_run
-
     rows = []
     for path in find_runs(run_dir / "wandb"):
         rows += [(r["_step"], r["train/loss"]) for r in read_run(path).history if "train/loss" in r]
@@ -120,6 +120,9 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(
     if sig == signal.SIGTERM:
         assert f"checkpoint saved at step {stopped_at}" in stderr
         assert checkpoint["clean_stop"]  # the run ended its W&B run itself: nothing to replay
+        # Told W&B it was preempted, as a sweep needs to requeue it, and ended failed.
+        [stopped] = [read_run(path) for path in find_runs(tmp_path / "wandb")]
+        assert stopped.preempting and stopped.exit_code == 128 + signal.SIGTERM
 
     code, stderr = finish(start(tmp_path, env, "logger=wandb"))
     assert code == 0, stderr
@@ -145,6 +148,31 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(
             assert values.setdefault(step, loss) == loss
     ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
     assert len(ids) == 1
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(tmp_path) -> None:
+    env = clean_env(tmp_path)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    process = start(tmp_path, env, "logger=wandb", paused=(gate, "step", 5))
+    wait_until_paused(gate, process)
+    process.send_signal(signal.SIGKILL)
+    assert finish(process)[0] == -signal.SIGKILL
+    assert not checkpoint_path(tmp_path).exists()
+    run_id = (tmp_path / RUN_ID_FILE).read_text().strip()  # kept before the first step
+
+    code, stderr = finish(start(tmp_path, env, "logger=wandb"))
+    assert code == 0, stderr
+    assert "resuming" not in stderr  # no checkpoint: trained again from step 0
+    # One W&B run: both offline folders carry its id, and `wandb sync` merges them.
+    runs = [read_run(path) for path in find_runs(tmp_path / "wandb")]
+    assert [run.run_id for run in runs] == [run_id, run_id]
+    # The writer outlived the killed run and ended its W&B run as failed, with its rows.
+    first, second = sorted(runs, key=lambda run: run.exit_code == 0)
+    assert first.exit_code == 1 and 0 < len(first.history) <= 6  # killed at step 5
+    assert second.exit_code == 0
+    assert [row["_step"] for row in second.history if "train/loss" in row] == list(range(40))
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,16 @@ def test_report_builds_without_a_server(runs) -> None:
     specs = panel_specs(report)
     kinds = [spec["viewType"] for spec in specs]
     assert "Parallel Coordinates Plot" in kinds and "Bar Chart" in kinds
-    norms = [s["config"] for s in specs if "grad_norm" in s["config"].get("metricRegex", "")]
-    assert norms and norms[0]["yLogScale"] is True
+    # Per-layer series by depth: one regex panel, one line a layer; and the first layer grouped
+    # by each fix, one line a choice.
+    [layers] = [
+        s["config"] for s in specs if "grad_flow/layer_" in s["config"].get("metricRegex", "")
+    ]
+    assert layers["yLogScale"] is True and layers["aggregate"] is True
+    assert re.fullmatch(layers["metricRegex"], "grad_flow/layer_012")
+    assert not re.fullmatch(layers["metricRegex"], "grad_norm/1.weight")
+    grouped = [s["config"] for s in specs if s["config"].get("metrics") == ["grad_flow/layer_000"]]
+    assert [g["groupBy"] for g in grouped] == [f"{group}.value" for group in FIX_GROUPS]
     parallel = next(s for s in specs if s["viewType"] == "Parallel Coordinates Plot")
     accessors = [column["accessor"] for column in parallel["config"]["columns"]]
     assert accessors == [*(f"config:{g}.value" for g in FIX_GROUPS), "summary:val/acc"]

@@ -46,12 +46,21 @@ def step_row(monitor: GradientMonitor, loss: torch.Tensor) -> dict[str, float] |
 
 def test_fused_norms_equal_the_naive_loop(sync_free: bool) -> None:
     model = small_model()
-    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), sync_free=sync_free)
+    monitor = GradientMonitor(model, torch.zeros(2, 1, 8, 8), params="all", sync_free=sync_free)
     loss = backward(model)
     row = step_row(monitor, loss)
     # The seed's snippet: one .item() per parameter.
     for name, p in model.named_parameters():
         assert row[f"grad_norm/{name}"] == pytest.approx(p.grad.norm(2).item(), rel=1e-5)
+    # The weight layers' series, by depth: the same norms under names every model shares.
+    weights = [model.get_submodule(name).weight for name in monitor.layers]
+    assert len(weights) == 5
+    assert sorted(k for k in row if k.startswith("grad_flow/layer_")) == [
+        f"grad_flow/layer_{index:03d}" for index in range(5)
+    ]
+    for index, weight in enumerate(weights):
+        norm = weight.grad.norm().item()
+        assert row[f"grad_flow/layer_{index:03d}"] == pytest.approx(norm, rel=1e-5)
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert row["grad_norm/total"] == pytest.approx(total.item(), rel=1e-5)
     first, last = model[1].weight.grad.norm().item(), model[-1].weight.grad.norm().item()
@@ -87,7 +96,7 @@ def test_non_finite_gradients_are_reported(sync_free: bool) -> None:
     loss = backward(model)
     model[1].weight.grad[0, 0] = float("nan")
     row = step_row(monitor, loss)
-    assert math.isnan(row["grad_norm/1.weight"]) and math.isnan(row["grad_norm/total"])
+    assert math.isnan(row["grad_flow/layer_000"]) and math.isnan(row["grad_norm/total"])
     assert monitor.non_finite_step == 0
     assert monitor.verdict().label == "non_finite"
 

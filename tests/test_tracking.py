@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from gradsweep.tracking.tracker import start_tracking
+from gradsweep.tracking.tracker import RUN_ID_FILE, start_tracking
 from gradsweep.tracking.wandb_records import BLOCK_LEN, find_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,9 +257,9 @@ def test_auto_falls_back_when_server_never_answers(
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
         caplog.set_level(logging.INFO, logger="gradsweep.tracking.tracker")
         run_dir = tmp_path / "run"
-        tracker = start_tracking(
-            logger_cfg(mode="auto", init_timeout=1), {"seed": 0}, run_dir, run_id="resumable1"
-        )
+        run_dir.mkdir()
+        (run_dir / RUN_ID_FILE).write_text("resumable1\n")  # a run started here before
+        tracker = start_tracking(logger_cfg(mode="auto", init_timeout=1), {"seed": 0}, run_dir)
         assert tracker.mode == "offline"
         tracker.log({"train/loss": 1.0}, step=0)
         tracker.finish()

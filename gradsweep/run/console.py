@@ -79,7 +79,7 @@ def report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, 
             run_dir / "grad_flow_heatmap.png",
             title=title,
         ),
-        "grad_flow/layer_medians": layer_bars(
+        "grad_flow/median_per_layer": layer_bars(
             verdict.layer_medians, monitor.layers, run_dir / "grad_flow_layers.png", title=title
         ),
     }

@@ -87,10 +87,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
 
     data = load_data(cfg.data, device)
 
-    # The W&B run starts now, in its writer process, while the model is built here.
+    # The W&B run starts now, in its writer process, while the model is built here. A run
+    # folder that held a run before continues its W&B run, checkpoint or not.
     record = {**flat_config(cfg), "data.source": data.source}
-    run_id = saved["wandb_run_id"] if saved is not None else None
-    tracker = start_tracking(cfg.logger, record, run_dir, run_id=run_id)
+    tracker = start_tracking(cfg.logger, record, run_dir, args=_hydra_overrides())
+    tracker.save_files(sorted((run_dir / ".hydra").glob("*.yaml")), base_path=run_dir)
     try:
         result = _train(cfg, run_dir, device, data, saved, tracker)
     except BaseException as error:
@@ -163,7 +164,6 @@ class _Run:
             "monitor": self.monitor.state_dict(),
             "rng": rng_state(),
             "progress": self.progress,
-            "wandb_run_id": self.tracker.run_id,
             "recent_rows": self.tracker.recent_rows(),
             # A stop we handled ends the W&B run in order: nothing to log again.
             "clean_stop": clean_stop,
@@ -242,6 +242,8 @@ def _loop(
             # Read once: a signal that lands during this step's checkpoint stops the run at the
             # next step, after a checkpoint that says so, not after this one, which does not.
             stopping = stop.requested
+            if stopping:
+                run.tracker.mark_preempting()  # a sweep requeues the run, which resumes here
             if stopping or (step + 1) % cfg.trainer.checkpoint_every == 0:
                 run.checkpoint(cfg, run_dir, step + 1, clean_stop=stopping)
             if stopping:
@@ -300,6 +302,16 @@ def _writable_run_dir(run_dir: Path | None) -> Path:
 def _saved_state(cfg: DictConfig, run_dir: Path) -> dict | None:
     path = checkpoint_path(run_dir)
     return load_checkpoint(path, config_hash(cfg)) if path.exists() else None
+
+
+def _hydra_overrides() -> list[str] | None:
+    """This job's command-line overrides (in a multirun, its own, not the whole grid's); None
+    outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
 
 
 def _hydra_output_dir() -> Path:

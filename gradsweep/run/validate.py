@@ -134,7 +134,9 @@ def check_config(cfg: DictConfig) -> None:
     positive("telemetry.window", integer=True, minimum=1, strict=False)
     for key in ("vanishing_orders", "exploding_orders", "small_norm"):
         positive(f"telemetry.{key}")
-    need(isinstance(telemetry.params, str), "telemetry.params must be all, weights or a regex")
+    need(
+        isinstance(telemetry.params, str), "telemetry.params must be none, all, weights or a regex"
+    )
 
     if cfg.logger.name != "none":
         need(

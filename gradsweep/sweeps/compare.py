@@ -158,12 +158,12 @@ def _from_folder(folder: Path) -> FinishedRun:
 
 
 def _from_wandb(file: Path) -> FinishedRun | None:
-    from gradsweep.tracking.wandb_records import read_run
+    from gradsweep.tracking.wandb_records import last_values, read_run
 
     run = read_run(file)
     if VERDICT not in run.summary:
         return None
-    values = {**run.config, **run.summary}
+    values = {**run.config, **last_values(run.summary)}
     return FinishedRun(source=file, values={k: v for k, v in values.items() if _scalar(v)})
 
 

@@ -4,7 +4,10 @@ The runs are a W&B sweep's (`--sweep ID`) or a group's (`--group NAME`): runs of
 sweep carry the sweep's name as their group once `wandb sync` has uploaded them. The report
 holds, over those runs:
 
-    per-layer gradient norms   every `grad_norm/*weight` series and the first/last layer, log y
+    per-layer gradient norms   the first weight layer's `grad_flow/layer_000` grouped by each fix
+                               (one line per choice: mean and range over its runs), every
+                               `grad_flow/layer_NNN` averaged over the run set (one line per
+                               layer), the first/last layer per run; log y
     first/last ratio           `grad_flow/log10_ratio` per configuration, and over the steps
     fixes -> accuracy          parallel coordinates from the five fix choices to val/acc
     clipping                   `clip/hit_rate` per configuration, and over the steps
@@ -21,6 +24,9 @@ from gradsweep.config import FIX_GROUPS
 from gradsweep.errors import SweepError, first_line
 
 TITLE = "Vanishing gradients: the fix sweep"
+# The per-layer series (gradsweep.telemetry.monitor.layer_key), 000 the first weight layer.
+FIRST_LAYER = "grad_flow/layer_000"
+LAYER_REGEX = r"^grad_flow/layer_\d{3}$"
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,27 @@ def build_report(selection: Selection, title: str = TITLE) -> Any:
     )
     fixes = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(g)) for g in FIX_GROUPS]
     accuracy = wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("val/acc"))
-    gradients = [
+    # Per-layer series are named by depth, so runs of every configuration share them. Grouped
+    # by one fix at a time, a panel has a line per choice, not one per run of a 288-run grid.
+    first_layer_by_fix = [
         wr.LinePlot(
-            title="gradient norm of every weight layer (log scale)",
-            metric_regex=r"^grad_norm/.*weight$",
+            title=f"first weight layer by {group} (log scale; mean, min-max band)",
+            y=[FIRST_LAYER],
+            groupby=wr.Config(group),
+            groupby_aggfunc="mean",
+            groupby_rangefunc="minmax",
+            log_y=True,
+            title_y="L2 norm",
+        )
+        for group in FIX_GROUPS
+    ]
+    gradients = [
+        *first_layer_by_fix,
+        wr.LinePlot(
+            title="every weight layer, mean over the run set (filter it to a configuration)",
+            metric_regex=LAYER_REGEX,
+            aggregate=True,
+            groupby_aggfunc="mean",
             log_y=True,
             title_y="L2 norm",
         ),

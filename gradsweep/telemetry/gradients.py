@@ -36,10 +36,13 @@ class Clipping:
 def select_params(model: nn.Module, spec: str, weight_layer_names: list[str]) -> list[str]:
     """Names of the parameters whose gradient norms are logged.
 
-    `spec` is `all`, `weights` (the .weight of each weight layer, in forward order) or
-    a regular expression matched against `named_parameters()` names.
+    `spec` is `none` (the per-layer series `grad_flow/layer_NNN` only), `all`, `weights` (the
+    .weight of each weight layer, in forward order) or a regular expression matched against
+    `named_parameters()` names.
     """
     names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if spec == "none":
+        return []
     if spec == "all":
         return names
     if spec == "weights":

@@ -78,6 +78,13 @@ def global_norm(norms: list[float], missing: tuple[int, ...]) -> float:
     return math.sqrt(math.fsum(n * n for n in norms))
 
 
+def layer_key(index: int) -> str:
+    """The series of weight layer `index` (0: the first in forward order): `grad_flow/layer_000`.
+    Named by depth, not by parameter, so that the runs of a sweep line up whatever their fixes
+    add (norms, shortcuts) or rename (`1.weight` becomes `1.body.0.weight` under a residual)."""
+    return f"grad_flow/layer_{index:03d}"
+
+
 class GradientMonitor:
     """Per-layer gradient norms, clipping with hit stats and a verdict, in a few lines.
 
@@ -95,7 +102,7 @@ class GradientMonitor:
         model: nn.Module,
         sample: torch.Tensor,
         clipping: Clipping | None = None,
-        params: str = "all",
+        params: str = "none",
         log_every_n_steps: int = 1,
         window: int = 50,
         thresholds: Thresholds | None = None,
@@ -133,8 +140,13 @@ class GradientMonitor:
         self._transfer = LaggedTransfer(device)
         self._extra: dict[int, dict[str, float]] = {}
         self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged]
-        # Position among all parameters -> key, for the logged ones.
-        self._key_at = dict(zip(self.telemetry.logged_index, self._grad_keys, strict=True))
+        self.layer_keys = [layer_key(index) for index in range(len(self.layers))]
+        # Position among all parameters -> the keys of its series, for those logged.
+        self._keys_at: dict[int, list[str]] = {}
+        for index, key in zip(self.telemetry.logged_index, self._grad_keys, strict=True):
+            self._keys_at.setdefault(index, []).append(key)
+        for index, key in zip(self.telemetry.layer_index, self.layer_keys, strict=True):
+            self._keys_at.setdefault(index, []).append(key)
 
     def step(
         self,
@@ -201,10 +213,12 @@ class GradientMonitor:
             row["train/acc"] = accuracy
         logged_norms = [norms[i] for i in self.telemetry.logged_index]
         row.update(zip(self._grad_keys, logged_norms, strict=True))
-        for position in missing:  # no gradient this step: nothing to log for it
-            row.pop(self._key_at.get(position), None)
-        row["grad_norm/total"] = total
         layer_norms = [norms[i] for i in self.telemetry.layer_index]
+        row.update(zip(self.layer_keys, layer_norms, strict=True))
+        for position in missing:  # no gradient this step: nothing to log for it
+            for key in self._keys_at.get(position, ()):
+                del row[key]
+        row["grad_norm/total"] = total
         row["grad_flow/first"] = layer_norms[0]
         row["grad_flow/last"] = layer_norms[-1]
         row["grad_flow/log10_ratio"] = log10_ratio(layer_norms[0], layer_norms[-1])

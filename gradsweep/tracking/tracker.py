@@ -10,6 +10,12 @@ niceness, so wandb's millisecond of work per row neither holds this process's GI
 CPU time the training threads need. `prestart` launches the writer early, so that its import
 of wandb overlaps the caller's import of torch.
 
+The W&B run describes the training job, not the writer: the program and the Hydra overrides
+as its command, this process's resource use, the Hydra files, and this process's console
+(`ConsoleTee`) in the Logs tab. Its id is kept in the run folder (`RUN_ID_FILE`) as soon as it
+starts, so a run started again in that folder continues the same W&B run, and under
+`wandb agent` the run is the agent's: its id, project and sweep are read back from the run.
+
 `logger.mode=auto` goes online only when wandb finds credentials and the server answers a TCP
 probe within `wandb_writer.PROBE_TIMEOUT_S`; the online `wandb.init` itself is bounded by
 `logger.init_timeout`. Anything else falls back to an offline run, said in one log line, so a
@@ -22,12 +28,14 @@ import logging
 import os
 import secrets
 import string
+import sys
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from gradsweep.config import LOGGER_MODES
+from gradsweep.tracking.console_tee import ConsoleTee
 from gradsweep.tracking.writer_process import WriterProcess, prestart_writer, take_writer
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 # WANDB_MODE values that auto mode honours: the user said where the run should go.
 _ENV_MODES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+# In the run folder: the W&B run id of the run that folder holds.
+RUN_ID_FILE = "wandb_run_id"
 
 
 class Tracker(Protocol):
@@ -52,6 +62,10 @@ class Tracker(Protocol):
     ) -> None: ...
 
     def update_summary(self, values: dict[str, object]) -> None: ...
+
+    def mark_preempting(self) -> None: ...
+
+    def save_files(self, paths: list[Path], base_path: Path) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -83,6 +97,12 @@ class NullTracker:
     def update_summary(self, values: dict[str, object]) -> None:
         pass
 
+    def mark_preempting(self) -> None:
+        pass
+
+    def save_files(self, paths: list[Path], base_path: Path) -> None:
+        pass
+
     def flush(self) -> None:
         pass
 
@@ -100,27 +120,38 @@ class WandbTracker:
     """A wandb run, online or offline, kept by a W&B writer process.
 
     Calls are sent in order and return at once; `flush` and `finish` wait for the writer.
-    `mode` waits until the writer has started the run. A failure in the writer is raised
-    by the next call here.
+    `mode` and `run_id` wait until the writer has started the run, whose id is then kept in
+    `run_dir`. A failure in the writer is raised by the next call here.
     """
 
     # Rows kept for `recent_rows`: a killed process can take the rows still in wandb's own
     # buffers with it, and a resumed run logs these again (equal values) to cover them.
     RECENT_ROWS = 256
 
-    def __init__(self, writer: WriterProcess, run_id: str) -> None:
-        self.run_id: str | None = run_id
+    def __init__(self, writer: WriterProcess, run_dir: Path) -> None:
         self._writer = writer
-        self._mode: str | None = None
+        self._run_dir = run_dir
+        self._run: dict[str, Any] | None = None  # what the writer says of the run it started
         self._finished = False
         self._recent: deque[tuple[dict[str, float], int]] = deque(maxlen=self.RECENT_ROWS)
+        # Console output goes to W&B raw, as sent: no row waits on the writer's answers.
+        self._console = ConsoleTee(lambda stream, text: writer.send(("console", stream, text)))
+        self._console.install()
 
     @property
     def mode(self) -> str:
         """ "online" or "offline", once the writer has started the run (this waits for it)."""
-        while self._mode is None:
+        return self._started()["mode"]
+
+    @property
+    def run_id(self) -> str:
+        """The W&B run's id, as wandb chose it (under `wandb agent`, the agent's)."""
+        return self._started()["run_id"]
+
+    def _started(self) -> dict[str, Any]:
+        while self._run is None:
             self._handle(self._writer.receive())
-        return self._mode
+        return self._run
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         # One row per step. A later call with the same step merges into the row; a smaller
@@ -150,7 +181,17 @@ class WandbTracker:
         self._send(("table", key, columns, rows, step))
 
     def update_summary(self, values: dict[str, object]) -> None:
+        """Set summary values; W&B's own aggregates (`val/acc` max and last...) stay its own."""
         self._send(("summary", values))
+
+    def mark_preempting(self) -> None:
+        """Tell W&B the run is being stopped to be resumed: under `wandb agent`, the sweep
+        requeues it (call before the checkpoint and a non-zero exit)."""
+        self._send(("preempting",), wake=True)
+
+    def save_files(self, paths: list[Path], base_path: Path) -> None:
+        """Save files with the run, named by their path under `base_path`."""
+        self._send(("save", [str(path) for path in paths], str(base_path)))
 
     def flush(self) -> None:
         """Wait until wandb has every row logged so far (before a checkpoint is written)."""
@@ -164,6 +205,7 @@ class WandbTracker:
         if self._finished:
             return
         self._finished = True
+        self._console.uninstall()
         try:
             self._writer.send(("finish", exit_code), wake=True)
             self._wait_for("finished")
@@ -185,10 +227,11 @@ class WandbTracker:
         kind, *args = message
         if kind == "started":
             (run,) = args
-            assert run["run_id"] == self.run_id, (run, self.run_id)
-            self._mode = run["mode"]
-            if self._mode == "online":
-                log.info("W&B: online, %s", run["url"])
+            self._run = run
+            (self._run_dir / RUN_ID_FILE).write_text(run["run_id"] + "\n")
+            sweep = f" (sweep {run['sweep_id']})" if run.get("sweep_id") else ""
+            if run["mode"] == "online":
+                log.info("W&B: online, %s%s", run["url"], sweep)
             else:
                 log.log(
                     logging.WARNING if run["warn"] else logging.INFO,
@@ -198,6 +241,7 @@ class WandbTracker:
                 )
         elif kind in ("failed", "error"):
             self._finished = True
+            self._console.uninstall()
             self._writer.close()
             prefix = "" if kind == "failed" else "W&B logging failed:\n"
             raise RuntimeError(prefix + args[0])
@@ -240,15 +284,16 @@ def start_tracking(
     cfg_logger: Mapping[str, Any],
     config: dict[str, Any],
     run_dir: Path,
-    run_id: str | None = None,
+    args: list[str] | None = None,
 ) -> Tracker:
     """Open the run's tracker as `cfg_logger` asks (see conf/logger/*.yaml).
 
     Returns as soon as the writer has the request; the tracker's `mode` waits for the run to
     start (and raises if logger.mode=online cannot be had). `config` (the whole resolved
-    config, nested or flat) goes to wandb.config as it is. A given `run_id` is the W&B run id,
-    with resume="allow", so a resumed run continues the same W&B run (online), or syncs into it
-    later (offline, where wandb ignores resume).
+    config, nested or flat) goes to wandb.config as it is. `args` are the program's arguments
+    as W&B shows them (default: this process's). If `run_dir` holds the id of a run started
+    there before, this run is that W&B run, with resume="allow": it continues it (online), or
+    syncs into it later (offline, where wandb ignores resume).
     """
     mode, reason = requested_mode(cfg_logger)
     if mode in ("none", "disabled"):
@@ -259,6 +304,7 @@ def start_tracking(
     # Fixed up front so that an offline fallback keeps the id, and a failed online attempt's
     # folder can be told apart. From `secrets`, as wandb's own ids are random: a run that
     # seeded `random` must not draw the same id as the last run with that seed.
+    run_id = kept_run_id(run_dir)
     run_id_fixed = run_id or "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
     options = {
         key: cfg_logger.get(key)
@@ -272,7 +318,14 @@ def start_tracking(
         "config": config,
         "run_id": run_id_fixed,
         "resume": run_id is not None,
+        "args": list(sys.argv[1:] if args is None else args),
     }
     writer = take_writer(_niceness(cfg_logger))
     writer.send(("init", options))
-    return WandbTracker(writer, run_id_fixed)
+    return WandbTracker(writer, run_dir)
+
+
+def kept_run_id(run_dir: Path) -> str | None:
+    """The W&B run id of the run started in `run_dir` before, if any."""
+    path = Path(run_dir) / RUN_ID_FILE
+    return path.read_text().strip() or None if path.is_file() else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,16 @@ class RunRecords:
 
     run_id: str | None = None
     group: str | None = None
+    sweep_id: str | None = None  # the W&B sweep the run belongs to (`wandb agent`)
     config: dict[str, object] = field(default_factory=dict)
     history: list[dict[str, object]] = field(default_factory=list)  # one row per step
     summary: dict[str, object] = field(default_factory=dict)
     exit_code: int | None = None  # None: the run never finished (crashed or still running)
+    preempting: bool = False  # it called run.mark_preempting(): a sweep requeues it
+    program: str | None = None  # the command W&B shows: program and its arguments
+    args: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # saved with the run, as named in its files
+    output: str = ""  # the console, as W&B's Logs tab shows it (stdout and stderr, in order)
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -68,6 +74,7 @@ def read_run(path: Path) -> RunRecords:
         path = runs[0]
 
     run = RunRecords()
+    output: list[str] = []
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
@@ -85,13 +92,33 @@ def read_run(path: Path) -> RunRecords:
         elif kind == "run":
             run.run_id = record.run.run_id or None
             run.group = record.run.run_group or None
+            run.sweep_id = record.run.sweep_id or None
             _update(run.config, record.run.config.update)
             _update(run.summary, record.run.summary.update)
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
+        elif kind == "preempting":
+            run.preempting = True
+        elif kind == "environment" and record.environment.program:
+            run.program = record.environment.program
+            run.args = list(record.environment.args)
+        elif kind == "files":
+            run.files += [item.path for item in record.files.files]
+        elif kind == "output_raw":
+            output.append(record.output_raw.line)
     run.config.pop(_WANDB_KEY, None)
     run.summary.pop(_WANDB_KEY, None)
+    run.output = "".join(output)
     return run
+
+
+def last_values(summary: Mapping[str, object]) -> dict[str, object]:
+    """The summary with each metric W&B aggregates (`define_metric(summary="max,last")` keeps
+    {"max": ..., "last": ...}) given as its last value, like every other key."""
+    return {
+        key: value["last"] if isinstance(value, dict) and "last" in value else value
+        for key, value in summary.items()
+    }
 
 
 def iter_records(path: Path) -> Iterator[Any]:

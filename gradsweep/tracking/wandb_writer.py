@@ -22,6 +22,9 @@ one pickled tuple a message, and reads replies the same way:
     ("images", {key: png path}, step)
     ("table", key, columns, rows, step)
     ("summary", values)
+    ("console", "stdout" or "stderr", text)
+    ("save", [path], base_path)
+    ("preempting",)
     ("flush",)                                       ("flushed",)
     ("finish", exit_code)                            ("finished",)
                                                      ("error", message): a call failed
@@ -29,6 +32,13 @@ one pickled tuple a message, and reads replies the same way:
 The writer looks at FD every BATCH_S and logs the rows waiting there back to back; BELL is a
 second socket on which the parent sends a byte when it is about to wait for a reply (flush,
 finish), so that those are answered at once.
+
+The run describes the parent, the training job: the parent's program (WANDB_PROGRAM, set by
+the parent) and arguments (`options["args"]`, put in this process's sys.argv, where wandb
+reads them) as its command, the parent's resource use (wandb's `x_stats_pid`), and the
+parent's console as its output (`console` messages, published as wandb's own console capture
+publishes a script's). Under `wandb agent` (WANDB_SWEEP_ID set) the run's id, project and
+entity are the agent's, and the reply says which they are.
 
 Messages are handled in the order sent, so no row is reordered. After a failed call the
 writer drops what follows (the parent raises at its next call) but still finishes the run.
@@ -149,7 +159,15 @@ def serve(conn: Connection, bell: socket.socket, run: Any) -> int:
                 key, columns, rows, step = args
                 run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
             elif kind == "summary":
-                run.summary.update(str_keys(args[0]))
+                run.summary.update(str_keys(without_aggregates(args[0])))
+            elif kind == "console":
+                publish_console(run, *args)
+            elif kind == "save":
+                paths, base_path = args
+                for path in paths:
+                    run.save(path, base_path=base_path, policy="now")
+            elif kind == "preempting":
+                run.mark_preempting()
             else:
                 raise ValueError(f"unknown message {kind!r}")
         except Exception:
@@ -182,24 +200,37 @@ def start_run(wandb: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]
     """
     mode, reason = options["mode"], options["reason"]
     run_dir = options["run_dir"]
+    # wandb takes the arguments it shows from sys.argv[1:] of the process that starts the run.
+    sys.argv = [sys.argv[0], *options["args"]]
+    # Under `wandb agent` the run's id, project and entity are the agent's: wandb ignores
+    # those given to init (and warns). Not passed, they are read back from the run.
+    own = (
+        {}
+        if os.environ.get("WANDB_SWEEP_ID")
+        else {
+            "id": options["run_id"],
+            "project": options.get("project"),
+            "entity": options.get("entity"),
+        }
+    )
 
     def init(init_mode: str) -> Any:
         return wandb.init(
             dir=run_dir,
             mode=init_mode,
-            project=options.get("project"),
-            entity=options.get("entity"),
             group=options.get("group"),
             tags=[str(tag) for tag in options.get("tags") or []],
             name=options.get("run_name"),
             notes=options.get("notes"),
             config=options["config"],
-            id=options["run_id"],
             resume="allow" if options["resume"] else None,
+            **own,
             settings=wandb.Settings(
                 init_timeout=float(options.get("init_timeout") or 15),
-                # No capture of stdout/stderr: it would slow and garble the progress bar.
+                # The console that matters is the parent's, sent here as `console` messages.
                 console="off",
+                # CPU, memory and threads of the training process, not of this one.
+                x_stats_pid=os.getppid(),
                 # Hides the run's banner and closing history/summary printout; wandb's
                 # warnings and errors still reach stderr.
                 silent=True,
@@ -208,7 +239,7 @@ def start_run(wandb: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]
 
     warn = False
     if mode != "offline":
-        earlier = {folder.name for folder in run_folders(run_dir, options["run_id"])}
+        earlier = {folder.name for folder in run_folders(run_dir)}
         problem = online_problem()
         if problem is None:
             try:
@@ -220,19 +251,46 @@ def start_run(wandb: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]
                 wandb.teardown()
                 # The failed attempt leaves a folder of its own; drop it so the run folder
                 # holds one run (summaries and tests count them).
-                for folder in run_folders(run_dir, options["run_id"]):
+                for folder in run_folders(run_dir):
                     if folder.name not in earlier:
                         shutil.rmtree(folder, ignore_errors=True)
             else:
-                return _defined(run), {"mode": "online", "run_id": run.id, "url": run.url}
+                return _defined(run), {"mode": "online", "url": run.url, **identity(run)}
         if mode == "online":
             raise RuntimeError(f"W&B: logger.mode=online, but {problem}")
         # No key is the usual laptop case; anything else means online was meant and failed.
         reason, warn = problem, problem != NO_KEY
 
     run = init("offline")
-    started = {"mode": "offline", "run_id": run.id, "reason": reason, "warn": warn}
+    started = {"mode": "offline", "reason": reason, "warn": warn, **identity(run)}
     return _defined(run), started | {"sync_dir": run.settings.sync_dir}
+
+
+def identity(run: Any) -> dict[str, Any]:
+    """Which W&B run this is, as wandb decided (under a sweep, the agent's)."""
+    return {
+        "run_id": run.id,
+        "project": run.project,
+        "entity": run.entity,
+        "sweep_id": run.sweep_id,
+    }
+
+
+def without_aggregates(values: Mapping[str, Any]) -> dict[str, Any]:
+    """values less the keys whose W&B summary is an aggregate of the history (METRIC_SUMMARIES):
+    a plain value would replace W&B's max and last of them."""
+    return {key: value for key, value in values.items() if key not in METRIC_SUMMARIES}
+
+
+def publish_console(run: Any, stream: str, text: str) -> None:
+    """Add the parent's console text to the run's output (W&B's Logs tab, `output.log`).
+
+    wandb has no public call for this: `_console_raw_callback` is what its own console capture
+    (`console="wrap"`) calls with each write of a script's stdout or stderr (wandb 0.31).
+    Were it gone, the console is left out and the run goes on."""
+    callback = getattr(run, "_console_raw_callback", None)
+    if callback is not None:
+        callback(stream, text)
 
 
 def _defined(run: Any) -> Any:
@@ -241,9 +299,9 @@ def _defined(run: Any) -> Any:
     return run
 
 
-def run_folders(run_dir: str, run_id: str) -> list[Path]:
-    """The folders wandb made under run_dir for runs with this id (one per attempt)."""
-    return list((Path(run_dir) / "wandb").glob(f"run-*-{run_id}"))
+def run_folders(run_dir: str) -> list[Path]:
+    """The run folders wandb has made under run_dir (one per attempt to start a run)."""
+    return list((Path(run_dir) / "wandb").glob("*run-*"))
 
 
 def str_keys(value: Any) -> Any:

@@ -13,6 +13,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -34,6 +35,11 @@ class WriterProcess:
         # The package's own folder first on the path: the writer imports the same gradsweep.
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        # wandb records the program of the process that starts the run: name this one's.
+        program = main_program()
+        if program is not None:
+            env.setdefault("WANDB_PROGRAM", program)
         fds = (theirs.fileno(), bell_theirs.fileno())
         self.process = subprocess.Popen(
             [
@@ -45,7 +51,7 @@ class WriterProcess:
             ],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": path},
+            env=env,
         )
         theirs.close()
         bell_theirs.close()
@@ -54,11 +60,15 @@ class WriterProcess:
         # Registered once: a poll(0) on it costs a few microseconds, Connection.poll() tens.
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
+        # Rows come from the training thread, console text from any thread that prints.
+        self._send_lock = threading.Lock()
 
     def send(self, message: tuple, wake: bool = False) -> None:
         """Send `message`; `wake` when the caller is about to wait for the writer's reply."""
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            with self._send_lock:
+                self._conn.send_bytes(payload)
             if wake:
                 with contextlib.suppress(BlockingIOError):  # full: it rings already
                     self._bell.send(b"!")
@@ -107,3 +117,12 @@ def take_writer(niceness: int) -> WriterProcess:
     if writer is not None:
         writer.close()
     return WriterProcess(niceness)
+
+
+def main_program() -> str | None:
+    """This process's program as wandb names a script's: `__main__`'s file, else `-m module`."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None):
+        return main.__file__
+    spec = getattr(main, "__spec__", None)
+    return f"-m {spec.name}" if spec is not None else None
