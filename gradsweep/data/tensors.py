@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gradsweep.data.sources import DatasetSpec
 from gradsweep.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -40,11 +39,18 @@ class Data:
     # to undo it for pictures: pixel = x * std + mean.
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    classes: tuple[str, ...] = ()  # label i's name, where the source names them (data=folder)
+
+    def record(self) -> dict[str, object]:
+        """What the run's config and summary.json say of the data actually loaded."""
+        named = {"data.classes": ",".join(self.classes)} if self.classes else {}
+        return {"data.source": self.source, **named}
 
 
 def split_and_normalize(
     device: torch.device,
-    spec: DatasetSpec,
+    title: str,
+    num_classes: int,
     images: torch.Tensor,
     labels: torch.Tensor,
     test_images: torch.Tensor | None,
@@ -54,30 +60,39 @@ def split_and_normalize(
     source: str,
     origin: str,
     where: str,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    classes: tuple[str, ...] = (),
 ) -> Data:
-    """Hold out the validation images, normalize, move to the device, log the source line."""
+    """Hold out the validation images (or take `val` as given), normalize, move to the device,
+    log the source line. `images` are uint8 (N, C, H, W), labels int64 in 0..num_classes-1."""
     n = len(labels)
-    if not 0 < val_size < n:
+    if val is None and not 0 < val_size < n:
         raise DataError(
             f"data.val_size={val_size:,} must be at least 1 and below the {n:,} training images "
-            f"of {spec.title} ({source})."
+            f"of {title} ({source})."
         )
-    for y in (labels, test_labels):
-        if y is not None and len(y) and not 0 <= int(y.min()) <= int(y.max()) < spec.num_classes:
+    for y in (labels, test_labels, None if val is None else val[1]):
+        if y is not None and len(y) and not 0 <= int(y.min()) <= int(y.max()) < num_classes:
             raise DataError(
-                f"{origin}: labels outside 0..{spec.num_classes - 1}, so these files are not "
-                f"{spec.title}: replace them with a good copy."
+                f"{origin}: labels outside 0..{num_classes - 1}, so these files are not "
+                f"{title}: replace them with a good copy."
             )
 
-    # A permutation seeded independently of the run: every run of a sweep validates on the same
-    # images, and the split does not depend on the device.
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(_SPLIT_SEED))
-    val_idx, train_idx = order[:val_size], order[val_size:]
+    if val is None:
+        # A permutation seeded independently of the run: every run of a sweep validates on the
+        # same images, and the split does not depend on the device.
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_SPLIT_SEED))
+        val_idx, train_idx = order[:val_size], order[val_size:]
+        # index_select copies whole rows; x[idx] goes through the generic indexing kernel,
+        # several times slower on CPU.
+        val = images.index_select(0, val_idx), labels.index_select(0, val_idx)
+        images, labels = images.index_select(0, train_idx), labels.index_select(0, train_idx)
 
-    # Index the uint8 images first and convert each split on the device: the float copy is four
-    # times the size, so it is made once per split and normalized in place. index_select copies
-    # whole rows; x[idx] goes through the generic indexing kernel, several times slower on CPU.
-    train_u8 = images.index_select(0, train_idx).to(device)
+    # Convert each split on the device: the float copy is four times the size of the uint8
+    # one, so it is made once per split and normalized in place.
+    shape = (images.shape[1], images.shape[2], images.shape[3])
+    train_u8 = images.to(device)
+    del images  # our training copy (after a hold-out) goes once its float copy is made
     mean, std = _channel_stats(train_u8)
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
@@ -89,22 +104,23 @@ def split_and_normalize(
     test_y = None if test_labels is None else test_labels.to(device)
     data = Data(
         train_x=train_x,
-        train_y=labels.index_select(0, train_idx).to(device),
-        val_x=prepare(images.index_select(0, val_idx)),
-        val_y=labels.index_select(0, val_idx).to(device),
+        train_y=labels.to(device),
+        val_x=prepare(val[0]),
+        val_y=val[1].to(device),
         test_x=test_x,
         test_y=test_y,
         source=source,
         origin=origin,
-        num_classes=spec.num_classes,
-        input_shape=spec.input_shape,
+        num_classes=num_classes,
+        input_shape=shape,
         mean=tuple(mean.flatten().tolist()),
         std=tuple(std.flatten().tolist()),
+        classes=tuple(classes),
     )
     test_count = "no test" if test_y is None else f"{len(test_y):,} test"
     logger.info(
         "data: %s %s (%s train / %s val / %s) %s",
-        spec.title,
+        title,
         source,
         f"{len(data.train_y):,}",
         f"{len(data.val_y):,}",

@@ -42,7 +42,7 @@ def build_summary(
     summary: dict[str, object] = {
         **{group: group_choice(cfg, group) for group in CHOICE_GROUPS},
         "seed": cfg.seed,
-        "data.source": data.source,
+        **data.record(),  # data.source, and the class names where the source has them
         "steps": steps,
         "val/loss": evals["val"].get("loss", math.nan),
         "val/acc": evals["val"].get("acc", math.nan),

@@ -89,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
 
     # The W&B run starts now, in its writer process, while the model is built here. A run
     # folder that held a run before continues its W&B run, checkpoint or not.
-    record = {**flat_config(cfg), "data.source": data.source}
+    record = {**flat_config(cfg), **data.record()}  # the data source, and any class names
     tracker = start_tracking(cfg.logger, record, run_dir, args=_hydra_overrides())
     tracker.save_files(sorted((run_dir / ".hydra").glob("*.yaml")), base_path=run_dir)
     try:

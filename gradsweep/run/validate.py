@@ -12,6 +12,7 @@ from numbers import Real
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.config import DATA_SOURCES, LOGGER_MODES, is_custom
+from gradsweep.data.folders import FOLDER, config_problems
 from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import ACTIVATIONS
 from gradsweep.fixes.residual import PLACEMENTS
@@ -64,7 +65,10 @@ def check_config(cfg: DictConfig) -> None:
     positive("optimizer.weight_decay", strict=False)
 
     positive("data.batch_size", integer=True, minimum=1, strict=False)
-    positive("data.val_size", integer=True, minimum=1, strict=False)
+    if "val_size" in cfg.data:  # data=folder holds out data.val_fraction instead
+        positive("data.val_size", integer=True, minimum=1, strict=False)
+    if cfg.data.name == FOLDER:
+        problems.extend(config_problems(cfg.data))
     need(
         cfg.data.source in DATA_SOURCES,
         f"data.source={cfg.data.source!r}: choose one of {list(DATA_SOURCES)}",
