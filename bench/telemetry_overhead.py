@@ -20,11 +20,16 @@ Variants:
                 far this machine's noise moves a ratio
   norms-only    + one fused norm pass over the gradients and one transfer of the norms, and
                 nothing else (no clipping, no row): the least per-layer telemetry costs
-  gradsweep     + GradientMonitor: every parameter's grad norm, clipping=norm, clip hit
-                stats, one host transfer, and one W&B row per step, through gradsweep's
-                W&B writer process (an offline run, the default logger.niceness)
+  gradsweep     + GradientMonitor as train.py runs it by default: every weight layer's grad
+                norm (grad_flow/layer_NNN), clipping=norm, clip hit stats, one host
+                transfer, the layer health every 50th step, and one W&B row per step,
+                through gradsweep's W&B writer process (offline, the default niceness)
   gradsweep/10  the same, a W&B row every 10th step (telemetry.log_every_n_steps=10)
-  no-wandb      the same telemetry and clipping every step, logger=none
+  no-wandb      the same telemetry and clipping every step, logger=none, no layer health
+                (telemetry.activations_every=0)
+  no-wandb+health  the same, and the layer health every 50th step as train.py measures it
+                (telemetry.activations_every=50, its default: activation hooks on that step's
+                forward, the weights kept and the update ratios read at the next step)
   wandb.log     the same telemetry and clipping, and wandb's own `run.log` called on the
                 training thread: what the writer process saves
   seed          + the seed's recipe: a Python loop of p.grad.norm(2).item() for every
@@ -117,7 +122,9 @@ class Variant:
             self.tracker = in_process_run(run_dir, "wandb.log", reinit="create_new")
             self.monitor = GradientMonitor(self.model, sample, clipping, tracker=self.tracker)
         elif name == "no-wandb":
-            self.monitor = GradientMonitor(self.model, sample, clipping)
+            self.monitor = GradientMonitor(self.model, sample, clipping, activations_every=0)
+        elif name == "no-wandb+health":
+            self.monitor = GradientMonitor(self.model, sample, clipping, activations_every=50)
         elif name == "wandb.watch":
             # The global run (wandb.watch logs through it), made before the other in-process one.
             self.run = in_process_run(run_dir, name, reinit="default")
@@ -137,7 +144,11 @@ class Variant:
         self.flushes.append((end - flush) / steps)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        logits = self.model(x)
+        if self.monitor is not None:
+            with self.monitor.activations(self.monitor.steps):  # hooks on measured steps only
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -258,7 +269,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=(
-            "bare,norms-only,gradsweep,gradsweep/10,no-wandb,wandb.log,seed,lightning,wandb.watch"
+            "bare,norms-only,gradsweep,gradsweep/10,no-wandb,no-wandb+health,wandb.log,seed,"
+            "lightning,wandb.watch"
         ),
         help="comma-separated subset; the first is the baseline",
     )

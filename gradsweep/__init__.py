@@ -4,7 +4,7 @@
     notes = gradsweep.fix(model, x[:8], activation="gelu", init="kaiming")
     monitor = gradsweep.GradientMonitor(model, x[:2])
     ...  # in the loop, after loss.backward(): monitor.step(loss)
-    print(monitor.verdict())
+    print(monitor.diagnosis())
 
 Names load on first use, so `import gradsweep` stays cheap (torch loads with the
 first transform or monitor).
@@ -30,16 +30,18 @@ _EXPORTS = {
     "weight_layers": "gradsweep.fixes.layers",
     "GradientMonitor": "gradsweep.telemetry.monitor",
     "Clipping": "gradsweep.telemetry.gradients",
-    "Verdict": "gradsweep.telemetry.diagnosis",
+    "Diagnosis": "gradsweep.telemetry.diagnosis",
+    "GradientFlow": "gradsweep.telemetry.diagnosis",
 }
 
 __all__ = [
     "Clipping",
+    "Diagnosis",
+    "GradientFlow",
     "GradientMonitor",
     "Residual",
     "ShapeMismatchError",
     "Shortcut",
-    "Verdict",
     "add_residual",
     "apply_fixes",
     "fix",
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     from gradsweep.fixes.pipeline import apply_fixes, fix
     from gradsweep.fixes.residual import Residual, Shortcut, projection
     from gradsweep.fixes.skips import add_residual
-    from gradsweep.telemetry.diagnosis import Verdict
+    from gradsweep.telemetry.diagnosis import Diagnosis, GradientFlow
     from gradsweep.telemetry.gradients import Clipping
     from gradsweep.telemetry.monitor import GradientMonitor
 

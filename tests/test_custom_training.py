@@ -128,9 +128,9 @@ def test_monitor_in_a_hand_written_loop_gives_the_built_in_loops_norms(
             assert row[key] == pytest.approx(logged[step][key], rel=1e-5), (step, key)
         for name, value in naive.items():  # and every parameter, as params="all" asks
             assert row[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
-    verdict = monitor.verdict()  # 3
+    flow = monitor.gradient_flow()  # 3
     summary = json.loads((tmp_path / "builtin" / "summary.json").read_text())
-    assert verdict.label == summary["diagnosis/verdict"]
+    assert flow.label == summary["diagnosis/gradient_flow"]
     # A wandb Run is a tracker as it is: the user's run holds the same rows.
     run.finish()
     wandb.teardown()

@@ -192,7 +192,8 @@ def test_a_configuration_that_cannot_build_is_reported_not_fatal(tmp_path, capsy
     lines = capsys.readouterr().out.splitlines()
     error = next(line for line in lines if ",group," in line)
     assert ",error," in error
-    assert ",healthy," in next(line for line in lines if ",none,none," in line)
+    # The others are measured: this one's first layer gets 10^-1.3 of the last's.
+    assert ",weak," in next(line for line in lines if ",none,none," in line)
 
 
 @pytest.mark.slow  # the W&B writer process

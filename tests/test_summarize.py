@@ -45,6 +45,8 @@ def write_run(
         "val/acc": acc,
         "val/acc_best": acc + 0.01,
         "grad_flow/log10_ratio": ratio,
+        "diagnosis/gradient_flow": verdict if verdict == "vanishing" else "healthy",
+        "diagnosis/learning": "stalled" if verdict == "vanishing" else "learning",
         "diagnosis/verdict": verdict,
         "diagnosis/advice": "...",
     }
@@ -131,6 +133,12 @@ def test_formats_parse(ladder) -> None:
     data = json.loads(summarize(ladder, "json")[0])
     assert data["cure"]["change"] == "init=kaiming"
     assert data["runs"][-1]["diagnosis/verdict"] == "vanishing"
+    # The two findings the verdict is made of, beside it.
+    assert data["runs"][-1]["diagnosis/learning"] == "stalled"
+    assert (rows[0]["diagnosis/gradient_flow"], rows[0]["diagnosis/learning"]) == (
+        "healthy",
+        "learning",
+    )
     md = summarize(ladder, "md")[0].splitlines()
     assert md[0].startswith("| activation | init |") and md[1].startswith("|---|")
     with pytest.raises(SweepError, match="--format"):

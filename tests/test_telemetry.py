@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsweep.run.models import mlp
-from gradsweep.telemetry.diagnosis import Thresholds, advise, diagnose
+from gradsweep.telemetry.advice import advise
+from gradsweep.telemetry.diagnosis import Finding, Thresholds, combine, diagnose
 from gradsweep.telemetry.gradients import Clipping
 from gradsweep.telemetry.monitor import GradientMonitor
 
@@ -87,7 +88,7 @@ def test_parameters_without_gradient_are_skipped(sync_free: bool) -> None:
     assert "grad_norm/unused.weight" not in row and "grad_norm/unused.bias" not in row
     used = [p.grad.norm() for n, p in model.named_parameters() if not n.startswith("unused")]
     assert row["grad_norm/total"] == pytest.approx(torch.stack(used).norm().item(), rel=1e-5)
-    assert row["clip/hit"] == 0.0 and monitor.verdict().label != "non_finite"
+    assert row["clip/hit"] == 0.0 and monitor.gradient_flow().label != "non_finite"
 
 
 def test_non_finite_gradients_are_reported(sync_free: bool) -> None:
@@ -98,7 +99,7 @@ def test_non_finite_gradients_are_reported(sync_free: bool) -> None:
     row = step_row(monitor, loss)
     assert math.isnan(row["grad_flow/layer_000"]) and math.isnan(row["grad_norm/total"])
     assert monitor.non_finite_step == 0
-    assert monitor.verdict().label == "non_finite"
+    assert monitor.gradient_flow().label == "non_finite"
 
 
 @pytest.mark.parametrize("clipping", ["none", "norm", "value"])
@@ -228,7 +229,8 @@ def rows(first: float, last: float, middle: float | None = None, steps: int = 10
         (1e3, 1e-1, "exploding"),
         (1e-6, 2e-6, "uniformly_small"),
         (0.3, 0.5, "healthy"),
-        (2e-3, 1e-1, "healthy"),  # under 3 orders: not vanishing
+        (2e-3, 1e-1, "weak"),  # 1.7 orders down: under 3, not vanishing
+        (3e-2, 1e-1, "healthy"),  # under 1 order
     ],
 )
 def test_verdict_labels(first: float, last: float, label: str) -> None:
@@ -249,11 +251,15 @@ def test_verdict_uses_the_median_over_the_window() -> None:
     layers += [[0.5, 0.5, 0.5]] * 3  # a minority of healthy steps does not flip it
     assert diagnose(layers, totals + [1.0] * 3).label == "vanishing"
     assert diagnose(layers, totals + [1.0] * 3).log10_ratio == pytest.approx(-8.0)
-    assert diagnose(*rows(1e-9, 1e-1), Thresholds(vanishing_orders=9)).label == "healthy"
+    assert diagnose(*rows(1e-9, 1e-1), Thresholds(vanishing_orders=9)).label == "weak"
+    assert diagnose(*rows(1e-9, 1e-1), Thresholds(vanishing_orders=9, weak_orders=9)).label == (
+        "healthy"
+    )
 
 
 def test_advice_follows_the_order_of_fixes() -> None:
-    vanishing = diagnose(*rows(1e-9, 1e-1))
+    learning = Finding("learning", "the loss went from 2.3 to 0.4")
+    vanishing = combine(diagnose(*rows(1e-9, 1e-1)), learning)
 
     def ask(**changes: object) -> str:
         fixes = {"activation": "sigmoid", "init": "default", "norm": "none", "skip": "none"}
@@ -265,5 +271,5 @@ def test_advice_follows_the_order_of_fixes() -> None:
     assert ask(activation="relu", init="kaiming", batch_size=4).startswith("norm=layer")
     assert ask(activation="relu", init="kaiming", norm="batch").startswith("skip=residual")
     assert "initialization or architecture" in ask(clip_hit_rate=0.95)
-    small = diagnose(*rows(1e-6, 2e-6))
+    small = combine(diagnose(*rows(1e-6, 2e-6)), learning)
     assert "learning-rate" in advise(small, "relu", "kaiming", "none", "none", 128)

@@ -52,25 +52,20 @@ class Progress:
 
 
 def report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, tracker) -> None:
-    """The end of a run, for people: the per-layer table, the verdict, the pictures
-    (saved in `run_dir` and logged to the tracker)."""
-    verdict = monitor.verdict()
-    lines = ["gradient norm per weight layer (median over the verdict's window):"]
-    for index, (name, value) in enumerate(zip(monitor.layers, verdict.layer_medians, strict=True)):
-        lines.append(f"  {index:>3}  {name:<28} {value:.3e}")
-    ratio = f"log10 first/last = {verdict.log10_ratio:+.2f}"
-    lines.append(f"verdict: {verdict.label} ({ratio}; {verdict.reason})")
-    lines.append(f"advice: {summary['diagnosis/advice']}")
-    lines.append(
-        f"val/acc {summary['val/acc']:.4f} (best {summary['val/acc_best']:.4f}) "
-        f"after {summary['steps']} steps"
-    )
-    log.info("\n".join(lines))
+    """The end of a run, for people: the per-layer table, both findings and the verdict, the
+    advice, the run folder and the pictures (saved in `run_dir` and logged to the tracker)."""
+    flow = monitor.gradient_flow()
+    log.info("\n".join([*layer_table(monitor, flow.layer_medians), *verdict_lines(summary)]))
+    log.info("run folder: %s", run_dir)
     if not monitor.layer_history:
         return
     from gradsweep.run.pictures import gradient_heatmap, layer_bars
 
-    title = " ".join(f"{g}={summary[g]}" for g in ("activation", "init", "norm", "skip"))
+    fixes = " ".join(f"{g}={summary[g]}" for g in ("activation", "init", "norm", "skip"))
+    title = (
+        f"{fixes}\n{summary['diagnosis/verdict']} "
+        f"(log10 first/last {summary['grad_flow/log10_ratio']:+.2f})"
+    )
     images = {
         "grad_flow/heatmap": gradient_heatmap(
             monitor.layer_history,
@@ -80,7 +75,51 @@ def report(monitor: GradientMonitor, summary: dict[str, object], run_dir: Path, 
             title=title,
         ),
         "grad_flow/median_per_layer": layer_bars(
-            verdict.layer_medians, monitor.layers, run_dir / "grad_flow_layers.png", title=title
+            flow.layer_medians, monitor.layers, run_dir / "grad_flow_layers.png", title=title
         ),
     }
     tracker.log_images(images)
+
+
+def layer_table(monitor: GradientMonitor, medians) -> list[str]:
+    """One line per weight layer: its index, name and median gradient norm over the verdict's
+    window, and the activation after it at the last measurement (std, saturated or dead
+    share), where measured."""
+    activations = monitor.health.activations
+    columns = [kind for kind in ("std", "saturated", "dead") if _any_value(activations.get(kind))]
+    header = f"  {'#':>3}  {'layer':<28} {'grad norm':>10}"
+    header += "".join(f" {'act ' + kind:>13}" for kind in columns)
+    window = min(monitor.window, len(monitor.layer_history))
+    intro = f"per weight layer: the median gradient norm over the last {window} measured steps"
+    if columns:
+        intro += f"; the activation after it, at step {monitor.health.measured_at}"
+    lines = [intro, header]
+    for index, (name, value) in enumerate(zip(monitor.layers, medians, strict=True)):
+        line = f"  {index:>3}  {name:<28} {value:>10.3e}"
+        for kind in columns:
+            values = activations[kind]
+            line += f" {_share(kind, values[index]) if index < len(values) else '':>13}"
+        lines.append(line)
+    return lines
+
+
+def verdict_lines(summary: dict[str, object]) -> list[str]:
+    return [
+        f"gradient flow: {summary['diagnosis/gradient_flow']} "
+        f"(log10 first/last = {summary['grad_flow/log10_ratio']:+.2f})",
+        f"learning: {summary['diagnosis/learning']}",
+        f"verdict: {summary['diagnosis/verdict']} ({summary['diagnosis/reason']})",
+        f"advice: {summary['diagnosis/advice']}",
+        f"val/acc {summary['val/acc']:.4f} (best {summary['val/acc_best']:.4f}) "
+        f"after {summary['steps']} steps",
+    ]
+
+
+def _any_value(values) -> bool:
+    return bool(values) and any(not math.isnan(v) for v in values)
+
+
+def _share(kind: str, value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.3f}" if kind == "std" else f"{value:.0%}"

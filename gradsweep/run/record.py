@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 from omegaconf import DictConfig
 from torch import nn
@@ -11,7 +12,7 @@ from gradsweep.config import CHOICE_GROUPS, group_choice
 from gradsweep.data.tensors import Data
 from gradsweep.fixes.activations import dominant_activation
 from gradsweep.fixes.pipeline import UNCHANGED
-from gradsweep.telemetry.diagnosis import advise
+from gradsweep.telemetry.advice import advise
 from gradsweep.telemetry.monitor import GradientMonitor
 
 
@@ -24,20 +25,22 @@ def build_summary(
     steps: int,
 ) -> dict[str, object]:
     """The flat record of the run that summary.json and the W&B summary hold."""
-    verdict = monitor.verdict()
+    diagnosis = monitor.diagnosis(evals["val_history"], classes=data.num_classes)
+    flow = diagnosis.gradient_flow
     activation = group_choice(cfg, "activation")
     if activation in UNCHANGED:  # advise on what the model really uses
         activation = dominant_activation(model) or activation
     clip_rate = monitor.clip.hit_rate if cfg.clipping.name != "none" else None
+    update = [r for r in monitor.health.update_ratios if math.isfinite(r)]
     advice = advise(
-        verdict,
+        diagnosis,
         activation=activation,
         init=group_choice(cfg, "init"),
         norm=group_choice(cfg, "norm"),
         skip=group_choice(cfg, "skip"),
         batch_size=cfg.data.batch_size,
         clip_hit_rate=clip_rate,
-        thresholds=monitor.thresholds,
+        update_ratio=statistics.median(update) if update else None,
     )
     summary: dict[str, object] = {
         **{group: group_choice(cfg, group) for group in CHOICE_GROUPS},
@@ -47,11 +50,13 @@ def build_summary(
         "val/loss": evals["val"].get("loss", math.nan),
         "val/acc": evals["val"].get("acc", math.nan),
         "val/acc_best": evals["val_best"] if math.isfinite(evals["val_best"]) else math.nan,
-        "grad_flow/log10_ratio": verdict.log10_ratio,
-        "grad_flow/first": verdict.layer_medians[0] if verdict.layer_medians else math.nan,
-        "grad_flow/last": verdict.layer_medians[-1] if verdict.layer_medians else math.nan,
-        "diagnosis/verdict": verdict.label,
-        "diagnosis/reason": verdict.reason,
+        "grad_flow/log10_ratio": flow.log10_ratio,
+        "grad_flow/first": flow.layer_medians[0] if flow.layer_medians else math.nan,
+        "grad_flow/last": flow.layer_medians[-1] if flow.layer_medians else math.nan,
+        "diagnosis/gradient_flow": flow.label,
+        "diagnosis/learning": diagnosis.learning.label,
+        "diagnosis/verdict": diagnosis.verdict,
+        "diagnosis/reason": diagnosis.reason,
         "diagnosis/advice": advice,
     }
     if clip_rate is not None:

@@ -115,7 +115,9 @@ class _Run:
     monitor: GradientMonitor
     tracker: Tracker
     # The latest evaluation and the best validation accuracy so far.
-    progress: dict = field(default_factory=lambda: {"val": {}, "val_best": -math.inf})
+    progress: dict = field(
+        default_factory=lambda: {"val": {}, "val_best": -math.inf, "val_history": []}
+    )
 
     @classmethod
     def build(cls, cfg: DictConfig, data: Data, device: torch.device, tracker: Tracker) -> _Run:
@@ -130,6 +132,7 @@ class _Run:
             window=cfg.telemetry.window,
             thresholds=thresholds_from_config(cfg.telemetry),
             tracker=tracker,
+            activations_every=cfg.telemetry.activations_every,
         )
         return cls(
             model=model,
@@ -174,6 +177,7 @@ class _Run:
         """Validate the weights after `step`'s update; W&B merges it into the step's row."""
         val = self.progress["val"] = evaluate(self.model, data.val_x, data.val_y)
         self.progress["val_best"] = max(self.progress["val_best"], val["acc"])
+        self.progress.setdefault("val_history", []).append(val["acc"])  # for the learning
         self.tracker.log({"val/loss": val["loss"], "val/acc": val["acc"]}, step)
 
 
@@ -223,8 +227,10 @@ def _loop(
     with StopRequest() as stop:
         for step in range(first_step, max_steps):
             x, y = next(stream)
-            with autocast:
-                logits = forward(x)
+            # A measured step runs the model itself, hooked: a compiled forward runs no hooks.
+            measured = monitor.health.measures(step)
+            with autocast, monitor.activations(step):
+                logits = (model if measured else forward)(x)
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -264,7 +270,7 @@ def _conclude(cfg: DictConfig, run: _Run, data: Data, run_dir: Path, steps: int)
     """The test score, the verdict and its advice, the pictures and summary.json."""
     model, monitor = run.model, run.monitor
     test = evaluate(model, data.test_x, data.test_y) if data.test_x is not None else None
-    evals = {**run.progress, "test": test}
+    evals = {"val_history": [], **run.progress, "test": test}
     summary = build_summary(cfg, model, data, monitor, evals, steps=steps)
     report(monitor, summary, run_dir, run.tracker)
     write_json_atomic(run_dir / "summary.json", summary)

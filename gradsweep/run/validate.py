@@ -6,6 +6,7 @@ already rejects unknown group options (listing the choices) and unknown keys.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from numbers import Real
 
@@ -16,6 +17,7 @@ from gradsweep.data.folders import FOLDER, config_problems
 from gradsweep.errors import ConfigError
 from gradsweep.fixes.activations import ACTIVATIONS
 from gradsweep.fixes.residual import PLACEMENTS
+from gradsweep.telemetry.diagnosis import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,9 @@ def check_config(cfg: DictConfig) -> None:
     telemetry = cfg.telemetry
     positive("telemetry.log_every_n_steps", integer=True, minimum=1, strict=False)
     positive("telemetry.window", integer=True, minimum=1, strict=False)
-    for key in ("vanishing_orders", "exploding_orders", "small_norm"):
-        positive(f"telemetry.{key}")
+    positive("telemetry.activations_every", integer=True, minimum=0, strict=False)
+    for field in dataclasses.fields(Thresholds):
+        positive(f"telemetry.{field.name}")
     need(
         isinstance(telemetry.params, str), "telemetry.params must be none, all, weights or a regex"
     )

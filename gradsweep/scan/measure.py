@@ -116,6 +116,7 @@ def measure_seed(cfg: DictConfig, data: Data, seed: int, steps: int) -> SeedResu
         params=cfg.telemetry.params,
         window=steps,
         thresholds=thresholds_from_config(cfg.telemetry),
+        activations_every=0,  # the scan's own probe measures every pass
     )
     generator = torch.Generator(device=device).manual_seed(stream_seed(seed, "data"))
     stream = iter(Batches(data, cfg.data.batch_size, generator, augment=cfg.data.augment))
@@ -132,7 +133,7 @@ def measure_seed(cfg: DictConfig, data: Data, seed: int, steps: int) -> SeedResu
         monitor.flush()
     finally:
         probe.close()
-    verdict = monitor.verdict()
+    verdict = monitor.gradient_flow()  # the scan sees no learning: it predicts the flow
     std, saturated, dead = probe.medians()
     return SeedResult(
         seed=seed,

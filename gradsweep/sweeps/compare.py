@@ -29,6 +29,8 @@ from gradsweep.config import FIX_GROUPS, compose
 from gradsweep.errors import SweepError
 
 VERDICT = "diagnosis/verdict"
+# The two findings the verdict is made of (runs from before they existed hold neither).
+FINDINGS = ("diagnosis/gradient_flow", "diagnosis/learning")
 # Choices that may vary across a sweep besides the fixes; a column only where they vary.
 SETUP_KEYS = ("experiment", "model", "data", "optimizer", "data.source")
 
@@ -84,12 +86,16 @@ class Row:
 
     @property
     def verdicts(self) -> Counter:
-        return Counter(str(run.values.get(VERDICT, "?")) for run in self.runs)
+        return self.counts(VERDICT)
 
     @property
     def verdict(self) -> str:
         """The most common verdict among the configuration's runs."""
         return self.verdicts.most_common(1)[0][0]
+
+    def counts(self, key: str) -> Counter:
+        """How many of the configuration's runs hold each value of `key` ("?": none)."""
+        return Counter(str(run.values.get(key, "?")) for run in self.runs)
 
 
 @dataclass

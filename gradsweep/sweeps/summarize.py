@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gradsweep.errors import SweepError
-from gradsweep.sweeps.compare import VERDICT, Comparison, Row, collect, compare
+from gradsweep.sweeps.compare import FINDINGS, VERDICT, Comparison, Row, collect, compare
 
 FORMATS = ("table", "csv", "json", "md")
 
@@ -82,22 +82,24 @@ def _cells(comparison: Comparison, fmt: str) -> tuple[list[str], list[list[str]]
     header = [*comparison.columns]
     if repeated:
         header.append("n")
-    header += ["verdict", "log10 first/last", "val/acc", "val/acc best", "clip hit rate"]
+    header += ["gradient flow", "learning", "verdict"]
+    header += ["log10 first/last", "val/acc", "val/acc best", "clip hit rate"]
     if machine:
-        header = [*comparison.columns, "n", VERDICT, *METRICS]
+        header = [*comparison.columns, "n", *FINDINGS, VERDICT, *METRICS]
         header += [f"{m}_std" for m in METRICS] + ["runs"]
     lines = []
     for row in comparison.rows:
         line = [str(row.choices[c]) for c in comparison.columns]
+        findings = [_count_text(row, key) for key in (*FINDINGS, VERDICT)]
         if machine:
-            line += [str(row.n), _verdict_text(row)]
+            line += [str(row.n), *findings]
             line += [_fmt(row.metric(m), "") for m in METRICS]
             line += [_fmt(row.spread(m), "") for m in METRICS]
             line.append(";".join(str(run.source) for run in row.runs))
         else:
             if repeated:
                 line.append(str(row.n))
-            line.append(_verdict_text(row))
+            line += findings
             line += [
                 _mean_spread(row, "grad_flow/log10_ratio", "+.2f"),
                 _mean_spread(row, "val/acc", ".4f"),
@@ -108,10 +110,11 @@ def _cells(comparison: Comparison, fmt: str) -> tuple[list[str], list[list[str]]
     return header, lines
 
 
-def _verdict_text(row: Row) -> str:
-    verdict = row.verdict
-    count = row.verdicts[verdict]
-    return verdict if count == row.n else f"{verdict} {count}/{row.n}"
+def _count_text(row: Row, key: str) -> str:
+    """The configuration's most common value of `key`, with its count when runs disagree."""
+    value, count = row.counts(key).most_common(1)[0]
+    value = "-" if value == "?" else value
+    return value if count == row.n else f"{value} {count}/{row.n}"
 
 
 def _mean_spread(row: Row, key: str, spec: str) -> str:
@@ -131,6 +134,9 @@ def _fmt(value: float, spec: str) -> str:
 def _as_json(comparison: Comparison) -> dict[str, Any]:
     def row_json(row: Row) -> dict[str, Any]:
         out: dict[str, Any] = {**row.choices, "n": row.n, VERDICT: row.verdict}
+        for key in FINDINGS:
+            value = row.counts(key).most_common(1)[0][0]
+            out[key] = None if value == "?" else value
         out["verdicts"] = dict(row.verdicts)
         for metric in METRICS:
             out[metric] = _nan_to_none(row.metric(metric))

@@ -1,12 +1,21 @@
-"""The verdict on a run's gradient flow, and the next fix to try.
+"""The diagnosis of a run: two findings and the one word a user reads.
 
-Judged over a window of recent steps from the weight layers' gradient norms (forward
-order) and the global norm. The advice follows the standard order of fixes:
-activation, then init, then norm, then skip, with clipping as the guard rail.
+    gradient flow : from the weight layers' gradient norms (forward order) and the global norm
+                    over a window of recent steps: vanishing, weak, healthy, exploding,
+                    uniformly_small or non_finite
+    learning      : from the loss and the validation accuracy over the whole run
+                    (gradsweep.telemetry.learning): learning, stalled, unstable or diverged
+    verdict       : by precedence, non_finite, exploding, vanishing, uniformly_small; then the
+                    learning finding if it is not `learning`; else healthy. `weak` (the first
+                    layers learn slower) is never the verdict alone.
+
+The advice for a verdict is in gradsweep.telemetry.advice; every threshold is a config key
+under `telemetry.` (conf/telemetry/default.yaml).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -14,34 +23,63 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from gradsweep.fixes.activations import RELU_FAMILY, SATURATING
-
-VERDICTS = ("vanishing", "exploding", "uniformly_small", "healthy", "non_finite")
+GRADIENT_FLOWS = ("vanishing", "weak", "healthy", "exploding", "uniformly_small", "non_finite")
+LEARNING = ("learning", "stalled", "unstable", "diverged")
+# The flow findings that are the verdict whatever the learning: each names its own fix.
+FLOW_VERDICTS = ("non_finite", "exploding", "vanishing", "uniformly_small")
+VERDICTS = (*FLOW_VERDICTS, "diverged", "unstable", "stalled", "healthy")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    vanishing_orders: float = 3.0  # first layer this many orders below the last
+    """Every threshold of the diagnosis; the defaults are conf/telemetry/default.yaml's."""
+
+    vanishing_orders: float = 3.0  # first layer this many orders below the last: vanishing
+    weak_orders: float = 1.0  # this many orders below, not yet vanishing: weak
     exploding_orders: float = 3.0  # first layer this many orders above the last
     exploding_norm: float = 1e3  # or the global norm above this
     small_norm: float = 1e-4  # every layer below this: uniformly small
-    weak_orders: float = 1.0  # healthy, but still this many orders down: try the next fix
+    stall_drop: float = 0.1  # the loss came down less than this share of where it started
+    unstable_acc_drop: float = 0.1  # val/acc ended this far (absolute) below its best
+    unstable_loss_rise: float = 2.0  # or the loss ended this many times its lowest
+    diverge_factor: float = 1.5  # the loss ended this many times where it started
+    flagged_units: float = 0.5  # a layer with this share of units saturated or dead is cited
 
 
 def thresholds_from_config(cfg_telemetry: DictConfig) -> Thresholds:
+    """The thresholds `telemetry.*` sets; a key it lacks keeps its default."""
+    names = [field.name for field in dataclasses.fields(Thresholds)]
     return Thresholds(
-        vanishing_orders=cfg_telemetry.vanishing_orders,
-        exploding_orders=cfg_telemetry.exploding_orders,
-        small_norm=cfg_telemetry.small_norm,
+        **{name: float(cfg_telemetry[name]) for name in names if name in cfg_telemetry}
     )
 
 
 @dataclass(frozen=True)
-class Verdict:
-    label: str
+class GradientFlow:
+    """The gradient-flow finding over a window of steps."""
+
+    label: str  # one of GRADIENT_FLOWS
     log10_ratio: float  # median over the window of log10(first / last)
     layer_medians: tuple[float, ...]  # each weight layer's median gradient norm
     total_median: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A learning finding: its label (one of LEARNING) and the evidence."""
+
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Both findings, the verdict they make and the evidence a person reads."""
+
+    gradient_flow: GradientFlow
+    learning: Finding
+    verdict: str
     reason: str
 
 
@@ -71,10 +109,10 @@ def diagnose(
     layer_norms: Sequence[Sequence[float]],
     totals: Sequence[float],
     thresholds: Thresholds = Thresholds(),
-) -> Verdict:
-    """The verdict over a window: `layer_norms[step][layer]` and `totals[step]`."""
+) -> GradientFlow:
+    """The gradient flow over a window: `layer_norms[step][layer]` and `totals[step]`."""
     if not layer_norms:
-        return Verdict("healthy", 0.0, (), 0.0, "no steps measured")
+        return GradientFlow("healthy", 0.0, (), 0.0, "no steps measured")
     # A layer without a gradient at a step reads NaN there and is left out of its
     # median; a NaN or inf gradient anywhere makes the global norm non-finite.
     medians = tuple(columns_median(layer_norms))
@@ -83,63 +121,41 @@ def diagnose(
     if not all(math.isfinite(v) for v in totals):
         finite = [r for r in ratios if math.isfinite(r)]
         ratio = statistics.median(finite) if finite else math.nan
-        return Verdict("non_finite", ratio, medians, math.nan, "NaN or inf in the gradients")
-    if not ratios:
-        return Verdict(
-            "healthy", math.nan, medians, statistics.median(totals), "no first/last pair"
-        )
-    ratio = statistics.median(ratios)
+        return GradientFlow("non_finite", ratio, medians, math.nan, "NaN or inf in the gradients")
     total = statistics.median(totals)
+    if not ratios:
+        return GradientFlow("healthy", math.nan, medians, total, "no first/last pair")
+    ratio = statistics.median(ratios)
     t = thresholds
     if ratio <= -t.vanishing_orders:
         reason = f"first layer's gradient is 10^{ratio:.1f} of the last layer's"
-        return Verdict("vanishing", ratio, medians, total, reason)
+        return GradientFlow("vanishing", ratio, medians, total, reason)
     if ratio >= t.exploding_orders or total >= t.exploding_norm:
         reason = f"log10(first/last) = {ratio:+.1f}, global norm {total:.3g}"
-        return Verdict("exploding", ratio, medians, total, reason)
+        return GradientFlow("exploding", ratio, medians, total, reason)
     if max(m for m in medians if not math.isnan(m)) < t.small_norm:
         reason = f"every layer's gradient is below {t.small_norm:g} (largest {max(medians):.2g})"
-        return Verdict("uniformly_small", ratio, medians, total, reason)
+        return GradientFlow("uniformly_small", ratio, medians, total, reason)
+    if ratio <= -t.weak_orders:
+        reason = f"first layer's gradient is 10^{ratio:.1f} of the last layer's: it learns slower"
+        return GradientFlow("weak", ratio, medians, total, reason)
     reason = f"first/last within 10^{abs(ratio):.1f}, global norm {total:.3g}"
-    return Verdict("healthy", ratio, medians, total, reason)
+    return GradientFlow("healthy", ratio, medians, total, reason)
 
 
-def advise(
-    verdict: Verdict,
-    activation: str,
-    init: str,
-    norm: str,
-    skip: str,
-    batch_size: int,
-    clip_hit_rate: float | None = None,
-    thresholds: Thresholds = Thresholds(),
-) -> str:
-    """The next fix to try given the verdict and the fixes already in place."""
-    if verdict.label == "non_finite":
-        return "lower optimizer.lr, or add clipping=norm"
-    if verdict.label == "exploding":
-        return (
-            "add clipping=norm and lower optimizer.lr; then revisit init (init=kaiming or xavier)"
-        )
-    if verdict.label == "uniformly_small":
-        return (
-            "every layer is alike but tiny: a learning-rate issue, not vanishing; "
-            "raise optimizer.lr"
-        )
-    if clip_hit_rate is not None and clip_hit_rate > 0.9:
-        return (
-            f"clipping hit {clip_hit_rate:.0%} of steps: initialization or architecture "
-            "still needs attention (init=kaiming, norm=batch, skip=residual)"
-        )
-    weak = verdict.label == "vanishing" or verdict.log10_ratio < -thresholds.weak_orders
-    if not weak:
-        return "gradients flow to the first layer; no fix needed"
-    if activation in SATURATING:
-        return "activation=gelu (or activation=relu): a non-saturating activation"
-    if activation in RELU_FAMILY and init in {"default", "keep"}:
-        return "init=kaiming: match the weight scale to the activation"
-    if norm in {"none", "keep"}:
-        return "norm=batch" if batch_size >= 8 else "norm=layer or norm=group (batch under 8)"
-    if skip in {"none", "keep"}:
-        return "skip=residual: shortcuts give the gradient a path around each block"
-    return "all standard fixes are on: try a shallower model (model.depth) or a lower optimizer.lr"
+def combine(flow: GradientFlow, learning: Finding, activations: str = "") -> Diagnosis:
+    """The verdict by precedence, and its reason: the evidence of the finding that decides it,
+    then what else the run shows (a weak flow, the learning, the activations)."""
+    if flow.label in FLOW_VERDICTS:
+        verdict, evidence = flow.label, [flow.reason]
+        if learning.label != "learning":
+            evidence.append(f"{learning.label}: {learning.reason}")
+    elif learning.label != "learning":
+        verdict, evidence = learning.label, [learning.reason]
+        if flow.label == "weak":
+            evidence.append(f"weak gradient flow: {flow.reason}")
+    else:
+        verdict, evidence = "healthy", [flow.reason, learning.reason]
+    if activations:
+        evidence.append(activations)
+    return Diagnosis(flow, learning, verdict, "; ".join(evidence))

@@ -1,11 +1,13 @@
 """GradientMonitor: gradient telemetry, clipping and the verdict for any training loop.
 
     monitor = GradientMonitor(model, sample, clipping=Clipping("norm", max_norm=1.0))
-    for x, y in batches:
-        loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward()
+    for step, (x, y) in enumerate(batches):
+        with monitor.activations(step):   # hooks on every activations_every-th step only
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(); loss.backward()
         monitor.step(loss)            # norms, clipping, one host transfer, one log call
         optimizer.step()
-    print(monitor.verdict())
+    print(monitor.diagnosis())
 
 The device side lives in gradsweep.telemetry.gradients; this module turns each step's vector
 into a row of named metrics, keeps what the verdict and the pictures need, and hands
@@ -22,8 +24,17 @@ import torch
 from torch import nn
 
 from gradsweep.fixes.layers import weight_layers
-from gradsweep.telemetry.diagnosis import Thresholds, Verdict, diagnose, log10_ratio
+from gradsweep.telemetry.diagnosis import (
+    Diagnosis,
+    GradientFlow,
+    Thresholds,
+    combine,
+    diagnose,
+    log10_ratio,
+)
 from gradsweep.telemetry.gradients import Clipping, GradientTelemetry, select_params
+from gradsweep.telemetry.health import LayerHealth
+from gradsweep.telemetry.learning import judge_learning
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class GradientMonitor:
         thresholds: Thresholds | None = None,
         tracker=None,
         sync_free: bool | None = None,
+        activations_every: int = 50,
     ) -> None:
         self.layers = weight_layers(model, sample)
         if not self.layers:
@@ -124,7 +136,10 @@ class GradientMonitor:
             sync_free=sync_free,
         )
         self.log_every_n_steps = log_every_n_steps
+        self.window = window
         self.thresholds = thresholds or Thresholds()
+        self.health = LayerHealth(model, self.layers, activations_every)
+        self.losses: list[float] = []  # every logged step's, for the learning finding
         self.tracker = tracker
         self.clip = ClipStats()
         self.steps = 0
@@ -139,6 +154,7 @@ class GradientMonitor:
         self._no_accuracy = torch.full((), math.nan, device=device)
         self._transfer = LaggedTransfer(device)
         self._extra: dict[int, dict[str, float]] = {}
+        self._health: dict[str, float] = {}
         self._grad_keys = [f"grad_norm/{n}" for n in self.telemetry.logged]
         self.layer_keys = [layer_key(index) for index in range(len(self.layers))]
         # Position among all parameters -> the keys of its series, for those logged.
@@ -164,11 +180,16 @@ class GradientMonitor:
         """
         step = self.steps if step is None else step
         self.steps = step + 1
-        logged = step % self.log_every_n_steps == 0 or bool(extra)
+        if extra:
+            self._extra[step] = {**self._extra.get(step, {}), **extra}
+        # Activations and update ratios (measured steps only) join the next logged row.
+        self._health.update(self.health.at_step(step))
+        logged = step % self.log_every_n_steps == 0 or step in self._extra
+        if logged and self._health:
+            self._extra[step] = {**self._extra.get(step, {}), **self._health}
+            self._health = {}
         if not logged and self.clipping.name == "none":
             return None  # nothing to measure, nothing to clip
-        if extra:
-            self._extra[step] = extra
         telemetry = self.telemetry
         norms = telemetry.norms()
         accuracy = self._no_accuracy if accuracy is None else accuracy
@@ -229,6 +250,7 @@ class GradientMonitor:
 
         self.layer_history.append(layer_norms)
         self.steps_measured.append(step)
+        self.losses.append(loss)
         self._window.append(layer_norms)
         self._totals.append(total)
         if self.non_finite_step is None and not (math.isfinite(loss) and math.isfinite(total)):
@@ -250,6 +272,8 @@ class GradientMonitor:
             "steps_measured": list(self.steps_measured),
             "totals": list(self._totals),
             "non_finite_step": self.non_finite_step,
+            "losses": list(self.losses),
+            "health": self.health.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -263,7 +287,23 @@ class GradientMonitor:
         self._totals.clear()
         self._totals.extend(state["totals"])
         self.non_finite_step = state["non_finite_step"]
+        self.losses = list(state.get("losses", []))
+        self.health.load_state_dict(state.get("health", {}))
 
-    def verdict(self) -> Verdict:
-        """The verdict over the most recent window of measured steps."""
+    def activations(self, step: int):
+        """Wrap the forward pass of `step` in this: on every `activations_every`-th step, forward
+        hooks measure each hidden layer's activations (`act/*/layer_NNN` in that step's row)."""
+        return self.health.watch(step)
+
+    def gradient_flow(self) -> GradientFlow:
+        """The gradient-flow finding over the most recent window of measured steps."""
         return diagnose(list(self._window), list(self._totals), self.thresholds)
+
+    def diagnosis(self, val_accuracy=(), classes: int | None = None) -> Diagnosis:
+        """Both findings and the verdict: the gradient flow, and the learning from every logged
+        step's loss and `val_accuracy` (each evaluation's, in order)."""
+        learning = judge_learning(
+            self.losses, val_accuracy, self.thresholds, self.window, classes=classes
+        )
+        activations = self.health.evidence(self.thresholds.flagged_units)
+        return combine(self.gradient_flow(), learning, activations)
