@@ -69,5 +69,11 @@ def no_wandb_credentials(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         "WANDB_PROJECT",
         "WANDB_ENTITY",
         "WANDB_RUN_GROUP",
+        "WANDB_SWEEP_ID",
+        "WANDB_SWEEP_PARAM_PATH",
+        "WANDB_PROGRAM",
     ):
-        monkeypatch.delenv(name, raising=False)
+        # Set first, so that the end of the test unsets it even where the code under test
+        # (wandb's agent) set it in this process's environment meanwhile.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)

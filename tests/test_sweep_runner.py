@@ -182,7 +182,8 @@ def test_a_run_driven_to_nan_is_recorded_and_the_sweep_goes_on(tmp_path) -> None
         init={"value": "kaiming"},
         **{"optimizer.lr": {"values": [1e8, 0.01]}},
     )
-    outcome = run_sweep(load_definition(path), tmp_path / "sweep", workers=1)
+    # A process per run, as `wandb agent` starts them (tests/test_warm_workers.py: warm).
+    outcome = run_sweep(load_definition(path), tmp_path / "sweep", workers=1, warm=False)
     assert (outcome.finished, outcome.failed) == (1, 1)
     records = {r.params["optimizer.lr"]: r for r in load_records(tmp_path / "sweep")}
     assert records[1e8].exit_code == 3  # gradsweep.errors.EXIT_NON_FINITE

@@ -10,6 +10,7 @@ The runs log offline, so nothing leaves the machine.
 from __future__ import annotations
 
 import json
+import os
 import queue
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,72 @@ def test_a_grid_point_runs_under_wandbs_own_agent(
         if key in summary:
             assert summary[key] == value, key
     assert summary["steps"] == 12
+
+
+@pytest.mark.slow
+def test_gradsweep_agent_runs_a_grid_point_through_wandbs_agent_on_a_warm_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_wandb_credentials: None
+) -> None:
+    """`gradsweep agent`'s worker: wandb's in-process agent (`wandb.agent(function=...)`) in
+    its thread, the run on the worker's main thread, with only the server stood in for."""
+    from wandb.agents import pyagent
+
+    from gradsweep.config import FIX_GROUPS
+    from gradsweep.sweeps.agent import serve_agent
+
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    for name in ("train.py", "conf"):
+        (workdir / name).symlink_to(REPO / name)
+    write_mnist(tmp_path / "data", n_train=256, n_test=64)
+    sweep_file = CONF_DIR / "sweep.yaml"
+    tiny = {"data.root": str(tmp_path / "data"), "data.val_size": 64, "trainer.max_steps": 12}
+    args = {**first_proposal(sweep_file), **tiny}
+    server = StandInServer(yaml.safe_load(sweep_file.read_text()), "agentrun2", args)
+    server.install(monkeypatch)
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(workdir))  # as the agent sets it: its own folder
+    for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", 0.05)
+
+    before = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    assert serve_agent(SWEEP_ID, str(workdir / "train.py"), count=1) == (0, 1)
+    after = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    assert after == before  # the run's ids went with the run
+
+    run_dir = workdir / "outputs" / f"sweep-{SWEEP_ID}" / "agentrun2"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    [record_file] = find_runs(run_dir / "wandb")
+    record = read_run(record_file)
+    assert (record.run_id, record.sweep_id, record.exit_code) == ("agentrun2", SWEEP_ID, 0)
+    for key, value in args.items():  # the server's parameters, in the W&B config and summary
+        assert record.config[key] == value, key
+        if key in summary:
+            assert summary[key] == value, key
+    assert {g: summary[g] for g in FIX_GROUPS} == {g: record.config[g] for g in FIX_GROUPS}
+    assert summary["steps"] == 12
+
+
+@pytest.mark.slow
+def test_gradsweep_agent_shares_count_and_replaces_retired_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent of `gradsweep agent`'s workers, with a stand-in worker: --count 5 shared by
+    two workers of two runs each, a retired worker replaced until its share is done."""
+    from gradsweep.sweeps import agent
+
+    log = tmp_path / "workers.log"
+    monkeypatch.setenv("GRADSWEEP_TEST_AGENT_LOG", str(log))
+    monkeypatch.setattr(agent, "WORKER_MODULE", "tests.fake_agent_worker")
+    monkeypatch.chdir(REPO)
+    status = agent.run_agents(
+        SWEEP_ID, "train.py", 2, count=5, runs_per_worker=2, report_dir=tmp_path / "reports"
+    )
+    assert status == 0
+    # Shares 3 and 2; the first worker retires after 2 runs and a fresh one runs the last.
+    started = sorted(line.split() for line in log.read_text().splitlines())
+    assert started == [["1", "1"], ["2", "1"], ["3", "1"]]  # --count, OMP_NUM_THREADS
+    assert agent._shares(None, 2) == [None, None] and agent._shares(1, 3) == [1, 0, 0]

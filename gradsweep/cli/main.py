@@ -3,6 +3,7 @@
     gradsweep show activation=gelu norm=batch     # the fixed model, before any training
     gradsweep scan conf/sweep.yaml                # every configuration's gradient flow at init
     gradsweep sweep conf/sweep_ladder.yaml        # a sweep definition, no W&B server needed
+    gradsweep agent ENTITY/PROJECT/SWEEP_ID       # a W&B server's sweep, on warm workers
     gradsweep summarize multirun/fix_ladder       # which change cured the vanishing
     gradsweep report --entity E --project P --group fix_ladder --dry-run
 
@@ -18,10 +19,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gradsweep.cli import report, scan, show, summarize, sweep
+from gradsweep.cli import agent, report, scan, show, summarize, sweep
 from gradsweep.errors import EXIT_USER_ERROR, USER_ERRORS, hydra_user_errors
 
-COMMANDS = (show, scan, sweep, summarize, report)
+COMMANDS = (show, scan, sweep, agent, summarize, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gradsweep.sweeps.warm import RUNS_PER_WORKER
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -13,7 +15,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="run a W&B sweep definition offline (grid, random, bayes), N jobs at a time",
         description="Run the runs of a W&B sweep definition with no W&B server: W&B's engine "
         "proposes them, wandb's agent code builds each command, each run logs to W&B "
-        "offline grouped by the sweep's name. Re-running skips finished runs.",
+        "offline grouped by the sweep's name. Each worker is a warm process that runs "
+        "configuration after configuration (torch, the data and W&B's service started once). "
+        "Re-running skips finished runs.",
     )
     parser.add_argument("file", help="the sweep definition, e.g. conf/sweep.yaml")
     parser.add_argument(
@@ -28,11 +32,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=workers_arg,
         default=None,
         metavar="N|auto",
         help="jobs at once (default auto: one per GPU, else one per CPU core, at most 8)",
     )
+    add_worker_options(parser)
     parser.add_argument("--count", type=int, help="start at most this many runs")
     parser.add_argument("--dir", type=Path, help="the sweep's folder (default multirun/NAME)")
     parser.add_argument(
@@ -41,7 +46,35 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _workers(text: str) -> int | None:
+def add_worker_options(parser: argparse.ArgumentParser, process_per_run: bool = True) -> None:
+    """The options of warm workers, shared with `gradsweep agent`."""
+    parser.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with GPUs, K workers on each (a small model leaves a GPU mostly idle); with "
+        "several GPUs each worker is pinned to one with CUDA_VISIBLE_DEVICES (default 1)",
+    )
+    parser.add_argument(
+        "--runs-per-worker",
+        type=int,
+        default=RUNS_PER_WORKER,
+        metavar="N",
+        help=f"a warm worker is replaced by a fresh process after N runs (default "
+        f"{RUNS_PER_WORKER}), or sooner when its memory grows by 1 GiB",
+    )
+    if not process_per_run:
+        return
+    parser.add_argument(
+        "--process-per-run",
+        action="store_true",
+        help="start each run as its own `python train.py` process, as `wandb agent` does, "
+        "instead of on a warm worker (slower: every run pays its start-up)",
+    )
+
+
+def workers_arg(text: str) -> int | None:
     if text == "auto":
         return None
     try:
@@ -66,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             count=args.count,
             overrides=args.overrides,
             dry_run=args.dry_run,
+            warm=not args.process_per_run,
+            runs_per_worker=args.runs_per_worker,
+            workers_per_gpu=args.workers_per_gpu,
         )
     except KeyboardInterrupt:
         print("sweep interrupted; run the same command again to resume", file=sys.stderr)

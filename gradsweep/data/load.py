@@ -37,6 +37,19 @@ _BUNDLED_FILE = ("data", "data", "mnist_5k.csv.gz")
 # this many images (a fifth of it) instead of failing on the default config.
 _BUNDLED_MAX_VAL = 1000
 
+# Datasets kept in memory for later calls in this process, by data config and device, with
+# their tensors' version counters (a tensor changed in place is not handed out again). A warm
+# sweep worker (gradsweep/sweeps/warm.py), whose runs follow one another, turns this on; None,
+# the default, loads on every call.
+_kept: dict[str, tuple[Data, tuple[int, ...]]] | None = None
+
+
+def keep_loaded_data(enabled: bool) -> None:
+    """Keep each dataset `load_data` loads for later calls with the same config (on), or load
+    on every call and forget those kept (off)."""
+    global _kept
+    _kept = {} if enabled else None
+
 
 def load_data(
     cfg: Any,
@@ -51,6 +64,30 @@ def load_data(
     files pass torchvision's md5 checks only through a subclass that lists no md5s.
     """
     device = torch.device(device)
+    if _kept is None or dataset_classes is not None:
+        return _load(cfg, device, dataset_classes)
+    key = json.dumps([_plain(cfg), str(device)], sort_keys=True, default=str)
+    kept = _kept.get(key)
+    if kept is not None and _versions(kept[0]) == kept[1]:
+        logger.info("data: %s, kept in memory by this process since an earlier run", kept[0].origin)
+        return kept[0]
+    data = _load(cfg, device, dataset_classes)
+    _kept[key] = (data, _versions(data))
+    return data
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+
+
+def _versions(data: Data) -> tuple[int, ...]:
+    tensors = (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x, data.test_y)
+    return tuple(t._version for t in tensors if t is not None)
+
+
+def _load(cfg: Any, device: torch.device, dataset_classes: Mapping[str, type] | None) -> Data:
     if str(cfg.name) == FOLDER:
         return _load_folder(cfg, device)
     plan = plan_source(cfg)

@@ -25,7 +25,6 @@ import logging
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,13 +35,17 @@ from typing import Any, TextIO
 
 from gradsweep.errors import SweepError
 from gradsweep.sweeps.definition import SweepDefinition, grid_size
+from gradsweep.sweeps.jobs import Job, ProcessJob, WarmPool, wait_for_any
 from gradsweep.sweeps.plan import SweepPlan, default_sweep_dir
 from gradsweep.sweeps.records import FAILED, FINISHED, INTERRUPTED, RUNNING, RunRecord
+from gradsweep.sweeps.warm import RUNS_PER_WORKER, split_command
 from gradsweep.sweeps.workers import auto_workers, worker_env
 
 log = logging.getLogger(__name__)
 
 CONSOLE = "console.log"
+# The warm workers' own logs (what they print between jobs, their W&B writers' warnings).
+WORKER_LOGS = ".workers"
 
 POLL_S = 0.2
 
@@ -62,14 +65,30 @@ class SweepOutcome:
 
 
 class SweepRunner:
-    """Runs the runs of a plan, `workers` at a time, each a `python train.py` process."""
+    """Runs the runs of a plan, `workers` at a time: each on a warm worker (the default) or as
+    its own `python train.py` process (`warm=False`, as `wandb agent` starts them)."""
 
-    def __init__(self, plan: SweepPlan, workers: int = 1, stderr: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        plan: SweepPlan,
+        workers: int = 1,
+        stderr: TextIO | None = None,
+        *,
+        warm: bool = True,
+        runs_per_worker: int = RUNS_PER_WORKER,
+        workers_per_gpu: int = 1,
+    ) -> None:
         if workers < 1:
             raise SweepError(f"--workers {workers}: give at least 1")
+        if runs_per_worker < 1:
+            raise SweepError(f"--runs-per-worker {runs_per_worker}: give at least 1")
         self.plan = plan
         self.workers = workers
         self.stderr = stderr or sys.stderr
+        self.warm = warm
+        self.runs_per_worker = runs_per_worker
+        self.workers_per_gpu = workers_per_gpu
+        self.pool: WarmPool | None = None
 
     def run(self) -> SweepOutcome:
         """Run the planned jobs, `workers` at a time; Ctrl-C stops them and records that."""
@@ -80,7 +99,15 @@ class SweepRunner:
             start = time.perf_counter()
             total = self.plan.expected_total()
             proposals = self.plan.proposals()
-            running: dict[int, tuple[subprocess.Popen, RunRecord, float, TextIO]] = {}
+            running: dict[int, tuple[Job, RunRecord, float]] = {}
+            if self.warm:
+                program = os.path.join(os.getcwd(), self.plan.program)
+                self.pool = WarmPool(
+                    self.plan.sweep_dir / WORKER_LOGS, program, self.runs_per_worker
+                )
+                ahead = self.workers if total is None else min(self.workers, total)
+                for slot in range(ahead):
+                    self.pool.start(slot, self._env(slot))  # importing while runs are planned
             try:
                 exhausted = False
                 while True:
@@ -94,15 +121,18 @@ class SweepRunner:
                         record = self.plan.prepare(params)
                         outcome.planned.append(record)
                         running[slot] = self._start(record, slot)
+                    if exhausted and self.pool is not None:
+                        for slot in free:  # no run left for it: it ends while others run
+                            self.pool.release(slot)
                     if not running:
                         break
-                    time.sleep(POLL_S)
-                    for slot, (proc, record, started, console) in list(running.items()):
-                        if proc.poll() is None:
+                    wait_for_any([job for job, *_ in running.values()], POLL_S)
+                    for slot, (job, record, started) in list(running.items()):
+                        exit_code = job.poll()
+                        if exit_code is None:
                             continue
                         del running[slot]
-                        console.close()
-                        self._finish(record, proc.returncode, time.perf_counter() - started)
+                        self._finish(record, exit_code, time.perf_counter() - started)
                         if record.state == FINISHED:
                             outcome.finished += 1
                         else:
@@ -113,31 +143,41 @@ class SweepRunner:
                 self._stop(running)
                 raise
             finally:
+                if self.pool is not None:
+                    self.pool.close()
                 outcome.seconds = time.perf_counter() - start
             return outcome
 
-    def _start(
-        self, record: RunRecord, slot: int
-    ) -> tuple[subprocess.Popen, RunRecord, float, TextIO]:
+    def _env(self, slot: int) -> dict[str, str]:
+        return worker_env(
+            os.environ,
+            slot,
+            self.workers,
+            self.plan.definition.name,
+            workers_per_gpu=self.workers_per_gpu,
+        )
+
+    def _start(self, record: RunRecord, slot: int) -> tuple[Job, RunRecord, float]:
         record.folder.mkdir(parents=True, exist_ok=True)
         record.state, record.exit_code, record.seconds = RUNNING, None, None
         record.save()
-        env = worker_env(os.environ, slot, self.workers, self.plan.definition.name)
-        console = (record.folder / CONSOLE).open("a")
-        console.write(f"$ {shlex.join(record.command)}\n")
-        console.flush()
-        proc = subprocess.Popen(
-            record.command,
-            env=env,
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        env = self._env(slot)
+        console = record.folder / CONSOLE
+        with console.open("a") as out:
+            out.write(f"$ {shlex.join(record.command)}\n")
+        # In-process when the command is `python PROGRAM ARGS` with the workers' program.
+        command = split_command(record.command, self.plan.interpreter)
+        job: Job
+        if self.pool is not None and command is not None and command[0] == self.pool.program:
+            job = self.pool.submit(slot, env, command[1], console)
+        else:
+            job = ProcessJob(record.command, env, console)
         gpu = f", GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
         self._say(
-            f"start {record.folder.name}: {self._describe(record.params)} (worker {slot}{gpu})"
+            f"start {record.folder.name}: {self._describe(record.params)} "
+            f"(worker {slot}{gpu}, {job.description})"
         )
-        return proc, record, time.perf_counter(), console
+        return job, record, time.perf_counter()
 
     def _finish(self, record: RunRecord, exit_code: int, seconds: float) -> None:
         ok = exit_code == 0 and (record.folder / "summary.json").is_file()
@@ -162,28 +202,28 @@ class SweepRunner:
         for line in _tail(record.folder / CONSOLE, 5):
             self._say(f"    {line}")
 
-    def _stop(self, running: dict[int, tuple[subprocess.Popen, RunRecord, float, TextIO]]) -> None:
+    def _stop(self, running: dict[int, tuple[Job, RunRecord, float]]) -> None:
         """Stop the running jobs and record them as interrupted (the next invocation reruns
-        them in their folders, resuming from their checkpoints).
+        them in their folders, resuming from their checkpoints); one that ended well in the
+        meantime is recorded finished.
 
         A Ctrl-C in the terminal reached the jobs too; any still running get SIGTERM, on which
         training saves a checkpoint at the next step boundary and exits; SIGKILL at last.
         """
-        procs = [proc for proc, *_ in running.values()]
-        _wait_all(procs, 2.0)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        _wait_all(procs, STOP_GRACE_S)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for proc, record, started, console in running.values():
-            console.close()
-            record.state, record.exit_code = INTERRUPTED, proc.returncode
-            record.seconds = round(time.perf_counter() - started, 2)
-            record.save()
+        jobs = [job for job, *_ in running.values()]
+        _wait_all(jobs, 2.0)
+        for job in jobs:
+            if job.poll() is None:
+                job.signal(signal.SIGTERM)
+        _wait_all(jobs, STOP_GRACE_S)
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+        for job, record, started in running.values():
+            self._finish(record, job.poll(), time.perf_counter() - started)
+            if record.state != FINISHED:
+                record.state = INTERRUPTED
+                record.save()
         if running:
             self._say(f"interrupted: {len(running)} running job(s) stopped; rerun to resume them")
 
@@ -217,13 +257,24 @@ def run_sweep(
     dry_run: bool = False,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    warm: bool = True,
+    runs_per_worker: int = RUNS_PER_WORKER,
+    workers_per_gpu: int = 1,
 ) -> SweepOutcome:
     """Run (or with dry_run, print) the sweep's remaining runs in sweep_dir, `workers` at a
-    time (None: `auto_workers`)."""
+    time (None: `auto_workers`), on warm workers or (warm=False) a process per run."""
     sweep_dir = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(definition)
-    workers = workers if workers is not None else auto_workers(os.environ)
+    if workers is None:
+        workers = auto_workers(os.environ, workers_per_gpu=workers_per_gpu)
     plan = SweepPlan(definition, sweep_dir, count=count, overrides=overrides)
-    runner = SweepRunner(plan, workers=workers, stderr=stderr)
+    runner = SweepRunner(
+        plan,
+        workers=workers,
+        stderr=stderr,
+        warm=warm,
+        runs_per_worker=runs_per_worker,
+        workers_per_gpu=workers_per_gpu,
+    )
     err = stderr or sys.stderr
     already = len(plan.finished_records)
     if dry_run:
@@ -240,7 +291,9 @@ def run_sweep(
     print(
         f"sweep {definition.name} ({definition.method}"
         + (f", {size} runs" if size is not None else "")
-        + f") in {sweep_dir}: {already} already finished; {workers} worker(s); "
+        + f") in {sweep_dir}: {already} already finished; {workers} "
+        + ("warm worker(s)" if warm else "worker(s), a process per run")
+        + "; "
         f"W&B group {definition.name!r}, offline",
         file=err,
     )
@@ -288,9 +341,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait_all(procs: Sequence[subprocess.Popen], seconds: float) -> None:
+def _wait_all(jobs: Sequence[Job], seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    while any(job.poll() is None for job in jobs) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

@@ -16,16 +16,18 @@ def worker_env(
     base: Mapping[str, str],
     slot: int,
     workers: int,
-    group: str,
+    group: str | None,
     cpus: int | None = None,
     gpus: Sequence[str] | None = None,
+    workers_per_gpu: int = 1,
 ) -> dict[str, str]:
     """The environment of the job in worker slot `slot` of `workers`.
 
     Each job gets its share of the cores as its thread count (torch reads OMP_NUM_THREADS at
     start-up): two jobs each spreading over all cores make every step many times slower. A
-    smaller OMP_NUM_THREADS already set is kept. Where several GPUs are visible each slot
-    gets one; with one GPU the jobs share it.
+    smaller OMP_NUM_THREADS already set is kept. Where several GPUs are visible each slot is
+    pinned to one (CUDA_VISIBLE_DEVICES), `workers_per_gpu` slots to a GPU (slots 0..k-1 on
+    the first, ...); with one GPU the jobs share it.
     """
     env = dict(base)
     cpus = cpus if cpus is not None else available_cpus()
@@ -36,23 +38,28 @@ def worker_env(
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     gpus = list(gpus) if gpus is not None else visible_gpus(base)
     if len(gpus) > 1:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    # No server: offline, unless the user chose another mode (disabled) themselves.
-    env.setdefault("WANDB_MODE", "offline")
-    env["WANDB_RUN_GROUP"] = group
+        env["CUDA_VISIBLE_DEVICES"] = gpus[(slot // max(1, workers_per_gpu)) % len(gpus)]
+    if group is not None:  # the offline runner; `gradsweep agent` (None) has a server
+        # No server: offline, unless the user chose another mode (disabled) themselves.
+        env.setdefault("WANDB_MODE", "offline")
+        env["WANDB_RUN_GROUP"] = group
     return env
 
 
 def auto_workers(
-    env: Mapping[str, str], cpus: int | None = None, gpus: Sequence[str] | None = None
+    env: Mapping[str, str],
+    cpus: int | None = None,
+    gpus: Sequence[str] | None = None,
+    workers_per_gpu: int = 1,
 ) -> int:
-    """`--workers auto`, the default: one job per visible GPU; with none, one per CPU core
-    (each with one torch thread), at most MAX_AUTO_WORKERS, since each job holds its own copy
-    of the data. Sweep runs are small: several single-threaded jobs finish a grid sooner than
-    one job spread over every core (bench/sweep_throughput.py)."""
+    """`--workers auto`, the default: `workers_per_gpu` jobs per visible GPU; with none, one
+    per CPU core (each with one torch thread), at most MAX_AUTO_WORKERS, since each job holds
+    its own copy of the data. Sweep runs are small: several single-threaded jobs finish a grid
+    sooner than one job spread over every core (bench/sweep_throughput.py), and a small
+    model leaves a GPU mostly idle, which several workers on it fill."""
     gpus = list(gpus) if gpus is not None else visible_gpus(env)
     if gpus:
-        return len(gpus)
+        return len(gpus) * max(1, workers_per_gpu)
     return max(1, min(cpus if cpus is not None else available_cpus(), MAX_AUTO_WORKERS))
 
 

@@ -36,7 +36,13 @@ from typing import Any, Protocol
 
 from gradsweep.config import LOGGER_MODES
 from gradsweep.tracking.console_tee import ConsoleTee
-from gradsweep.tracking.writer_process import WriterProcess, prestart_writer, take_writer
+from gradsweep.tracking.writer_process import (
+    WriterProcess,
+    prestart_writer,
+    release_writer,
+    reusing_writers,
+    take_writer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,16 @@ _ENV_MODES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 # In the run folder: the W&B run id of the run that folder holds.
 RUN_ID_FILE = "wandb_run_id"
+# What `wandb agent` tells a run through its environment (wandb's settings names, variables).
+# Sent with each run: a writer that serves several runs (a warm sweep worker's) read its own
+# environment once, before the first.
+SWEEP_ENV = {
+    "sweep_id": "WANDB_SWEEP_ID",
+    "run_id": "WANDB_RUN_ID",
+    "sweep_param_path": "WANDB_SWEEP_PARAM_PATH",
+    "project": "WANDB_PROJECT",
+    "entity": "WANDB_ENTITY",
+}
 
 
 class Tracker(Protocol):
@@ -201,16 +217,21 @@ class WandbTracker:
 
     def finish(self, exit_code: int = 0) -> None:
         """End the run once the writer has made every call sent before; a non-zero exit code
-        marks it failed. Returns when the run's files are complete and the writer is gone."""
+        marks it failed. Returns when the run's files are complete and the writer is gone, or
+        kept for this process's next run (`writer_process.reuse_writers`)."""
         if self._finished:
             return
         self._finished = True
         self._console.uninstall()
+        released = False
         try:
-            self._writer.send(("finish", exit_code), wake=True)
+            self._writer.send(("finish", exit_code, reusing_writers()), wake=True)
             self._wait_for("finished")
+            release_writer(self._writer)
+            released = True
         finally:
-            self._writer.close()
+            if not released:
+                self._writer.close()
 
     def _send(self, message: tuple, wake: bool = False) -> None:
         if self._finished:
@@ -319,10 +340,19 @@ def start_tracking(
         "run_id": run_id_fixed,
         "resume": run_id is not None,
         "args": list(sys.argv[1:] if args is None else args),
+        "sweep": sweep_identity(os.environ),
     }
     writer = take_writer(_niceness(cfg_logger))
     writer.send(("init", options))
     return WandbTracker(writer, run_dir)
+
+
+def sweep_identity(env: Mapping[str, str]) -> dict[str, str] | None:
+    """The sweep run `env` describes (`wandb agent`'s variables, as wandb's settings), or None
+    outside a sweep."""
+    if not env.get(SWEEP_ENV["sweep_id"]):
+        return None
+    return {key: env[name] for key, name in SWEEP_ENV.items() if env.get(name)}
 
 
 def kept_run_id(run_dir: Path) -> str | None:

@@ -1,4 +1,4 @@
-"""The W&B writer: a child process that owns one run's wandb run.
+"""The W&B writer: a child process that owns the training process's wandb runs, one at a time.
 
     python -m gradsweep.tracking.wandb_writer FD BELL NICENESS    (started by tracking.tracker)
 
@@ -26,8 +26,12 @@ one pickled tuple a message, and reads replies the same way:
     ("save", [path], base_path)
     ("preempting",)
     ("flush",)                                       ("flushed",)
-    ("finish", exit_code)                            ("finished",)
+    ("finish", exit_code, keep)                      ("finished",)
                                                      ("error", message): a call failed
+
+`keep` false: the writer ends its wandb session (`wandb.teardown()`), answers and exits. `keep`
+true (a warm sweep worker's runs, one after another): it answers once the run is finished and
+waits for the next "init", so that one wandb service serves every run; hanging up ends it.
 
 The writer looks at FD every BATCH_S and logs the rows waiting there back to back; BELL is a
 second socket on which the parent sends a byte when it is about to wait for a reply (flush,
@@ -37,8 +41,8 @@ The run describes the parent, the training job: the parent's program (WANDB_PROG
 the parent) and arguments (`options["args"]`, put in this process's sys.argv, where wandb
 reads them) as its command, the parent's resource use (wandb's `x_stats_pid`), and the
 parent's console as its output (`console` messages, published as wandb's own console capture
-publishes a script's). Under `wandb agent` (WANDB_SWEEP_ID set) the run's id, project and
-entity are the agent's, and the reply says which they are.
+publishes a script's). Under `wandb agent` (WANDB_SWEEP_ID set in the training process) the
+run's id, project and entity are the agent's (sent with each run) and the reply says which.
 
 Messages are handled in the order sent, so no row is reordered. After a failed call the
 writer drops what follows (the parent raises at its next call) but still finishes the run.
@@ -104,19 +108,23 @@ def main(argv: list[str]) -> int:
 
     # Starts wandb's service now, while the parent is still busy, rather than at init.
     wandb.setup()
-    try:
-        message = conn.recv()
-    except EOFError:  # the parent gave up before the run began
-        return 0
-    kind, options = message
-    assert kind == "init", message
-    try:
-        run, started = start_run(wandb, options)
-    except Exception as error:
-        reply(conn, ("failed", first_line(error)))
-        return 1
-    reply(conn, ("started", started))
-    return serve(conn, bell, run)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the parent gave up before a run began, or has no more runs
+            wandb.teardown()
+            return 0
+        kind, options = message
+        assert kind == "init", message
+        try:
+            run, started = start_run(wandb, options)
+        except Exception as error:
+            reply(conn, ("failed", first_line(error)))
+            return 1
+        reply(conn, ("started", started))
+        code, more = serve(conn, bell, run)
+        if not more:
+            return code
 
 
 def reply(conn: Connection, message: tuple) -> None:
@@ -126,8 +134,8 @@ def reply(conn: Connection, message: tuple) -> None:
         conn.send(message)
 
 
-def serve(conn: Connection, bell: socket.socket, run: Any) -> int:
-    """Carry out the parent's calls on `run` in order until it says finish or is gone."""
+def serve(conn: Connection, bell: socket.socket, run: Any) -> tuple[int, bool]:
+    """Carry out the parent's calls on `run` until it says finish or is gone: (code, more)."""
     import wandb
 
     failed = False
@@ -137,13 +145,15 @@ def serve(conn: Connection, bell: socket.socket, run: Any) -> int:
         except EOFError:  # the parent died: keep what it logged, mark the run failed
             run.finish(exit_code=1)
             wandb.teardown()
-            return 1
+            return 1, False
         kind, *args = message
         if kind == "finish":
-            run.finish(exit_code=args[0])
-            wandb.teardown()  # waits until wandb-core has written the run's last records
+            exit_code, keep = args[0], bool(args[1:] and args[1])
+            run.finish(exit_code=exit_code)
+            if not keep:
+                wandb.teardown()  # waits until wandb-core has written the run's last records
             reply(conn, ("finished",))
-            return 0
+            return 0, keep
         if kind == "flush":
             reply(conn, ("flushed",))
             continue
@@ -202,11 +212,13 @@ def start_run(wandb: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]
     run_dir = options["run_dir"]
     # wandb takes the arguments it shows from sys.argv[1:] of the process that starts the run.
     sys.argv = [sys.argv[0], *options["args"]]
+    sweep = options.get("sweep")
+    join_sweep(wandb, sweep)
     # Under `wandb agent` the run's id, project and entity are the agent's: wandb ignores
     # those given to init (and warns). Not passed, they are read back from the run.
     own = (
         {}
-        if os.environ.get("WANDB_SWEEP_ID")
+        if sweep
         else {
             "id": options["run_id"],
             "project": options.get("project"),
@@ -264,6 +276,19 @@ def start_run(wandb: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]
     run = init("offline")
     started = {"mode": "offline", "reason": reason, "warn": warn, **identity(run)}
     return _defined(run), started | {"sync_dir": run.settings.sync_dir}
+
+
+def join_sweep(wandb: Any, sweep: Mapping[str, str] | None) -> None:
+    """Make the next run the sweep run `sweep` names (`wandb agent`'s variables, as settings),
+    or no sweep's: wandb reads them from its session, loaded from the environment once, which
+    cannot be emptied of a sweep's ids (a run outside the sweep gets a new session)."""
+    from wandb.sdk import wandb_setup
+
+    if sweep:
+        wandb.setup(wandb.Settings(**sweep))
+    elif wandb_setup.singleton().settings.sweep_id:
+        wandb.teardown()
+        wandb.setup()
 
 
 def identity(run: Any) -> dict[str, Any]:

@@ -97,8 +97,36 @@ class WriterProcess:
         self.process.wait()
 
 
-# A writer started by `prestart_writer`, waiting for the next `take_writer`.
+# A writer started by `prestart_writer` (or handed back by `release_writer`), waiting for the
+# next `take_writer`.
 _prestarted: WriterProcess | None = None
+# Whether a writer that has finished a run serves the next one (a warm sweep worker's runs, one
+# after another): its wandb service stays up. Off: each run's writer ends with its run.
+_reusing = False
+
+
+def reuse_writers(enabled: bool) -> None:
+    """Keep each run's writer for the next run of this process (on), or end it with its run
+    and the one kept now (off)."""
+    global _reusing, _prestarted
+    _reusing = enabled
+    if not enabled and _prestarted is not None:
+        writer, _prestarted = _prestarted, None
+        writer.close()
+
+
+def reusing_writers() -> bool:
+    return _reusing
+
+
+def release_writer(writer: WriterProcess) -> None:
+    """A writer whose run has finished: kept for the next `take_writer` when writers are reused
+    and it is alive, else closed (it ends its wandb session and exits)."""
+    global _prestarted
+    if _reusing and _prestarted is None and writer.process.poll() is None:
+        _prestarted = writer
+    else:
+        writer.close()
 
 
 def prestart_writer(niceness: int) -> None:
