@@ -222,14 +222,18 @@ def _definition(folder: Path, name: str, **parameters) -> Path:
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_wandb_credentials")
 def test_a_worker_killed_with_a_run_in_hand_fails_it_and_is_replaced(tmp_path: Path) -> None:
-    models = [f"{MODELS}.KillsItself", f"{MODELS}.Fine"]
+    models = [f"{MODELS}.KillsItself", f"{MODELS}.Fine", f"{MODELS}.AlsoFine"]
     path = _definition(tmp_path, "killed", **{"model._target_": {"values": models}})
-    outcome = run_sweep(load_definition(path), tmp_path / "sweep", workers=1)
-    assert (outcome.finished, outcome.failed) == (1, 1)
-    records = {r.params["model._target_"]: r for r in load_records(tmp_path / "sweep")}
+    # One run a worker: a worker retires after each run, and a fresh one takes the next.
+    sweep = tmp_path / "sweep"
+    outcome = run_sweep(load_definition(path), sweep, workers=1, runs_per_worker=1)
+    assert (outcome.finished, outcome.failed) == (2, 1)
+    records = {r.params["model._target_"]: r for r in load_records(sweep)}
     killed, fine = records[models[0]], records[models[1]]
     assert killed.state == FAILED and killed.exit_code == -signal.SIGKILL
-    assert fine.state == FINISHED  # on a fresh worker
+    assert fine.state == records[models[2]].state == FINISHED  # each on a fresh worker
+    # The killed worker wrote no last line; each of the two retired ones did.
+    assert (sweep / ".workers" / "worker-0.log").read_text().count(": exits 0 after") == 2
     # The killed job's W&B run was ended by its writer, marked failed, its rows kept.
     [run] = find_runs(killed.folder / "wandb")
     assert read_run(run).exit_code == 1

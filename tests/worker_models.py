@@ -45,6 +45,10 @@ class Fine(nn.Module):
         pass
 
 
+class AlsoFine(Fine):
+    """The same, under another name: a second healthy configuration for a grid."""
+
+
 class Raises(Fine):
     def _misbehave(self) -> None:
         raise RuntimeError(f"raised on purpose at training forward {self.AT}")
