@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradsweep.cli.sweep import add_worker_options, workers_arg
+from gradsweep.cli.sweep import add_override_option, add_worker_options, workers_arg
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -38,15 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="the training script (default ./train.py, else the checkout's)",
     )
-    parser.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="a Hydra override added to every run, e.g. -o data.root=/data (repeatable)",
-    )
+    add_override_option(parser)
     add_worker_options(parser, process_per_run=False)
     parser.set_defaults(run=run)
 

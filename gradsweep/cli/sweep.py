@@ -20,16 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Re-running skips finished runs.",
     )
     parser.add_argument("file", help="the sweep definition, e.g. conf/sweep.yaml")
-    parser.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="a Hydra override added to every run's command, e.g. -o data.root=/data "
-        "(repeatable; not a sweep parameter)",
-    )
+    add_override_option(parser)
     parser.add_argument(
         "--workers",
         type=workers_arg,
@@ -44,6 +35,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="print the commands, one a line; run nothing"
     )
     parser.set_defaults(run=run)
+
+
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """`-o KEY=VALUE`, shared with `gradsweep agent`: overrides added to every run."""
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="a Hydra override added to every run's command, e.g. -o data.root=/data "
+        "(repeatable; not a sweep parameter)",
+    )
 
 
 def add_worker_options(parser: argparse.ArgumentParser, process_per_run: bool = True) -> None:
