@@ -241,6 +241,20 @@ def test_a_worker_killed_with_a_run_in_hand_fails_it_and_is_replaced(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_wandb_credentials")
+def test_a_worker_whose_memory_grows_is_replaced_after_its_run(tmp_path: Path) -> None:
+    models = [f"{MODELS}.Fine", f"{MODELS}.HoldsMemory", f"{MODELS}.AlsoFine"]
+    path = _definition(tmp_path, "growth", **{"model._target_": {"values": models}})
+    sweep = tmp_path / "sweep"
+    outcome = run_sweep(load_definition(path), sweep, workers=1, growth_mb=128)
+    assert (outcome.finished, outcome.failed) == (3, 0)
+    # The first worker ran Fine, then HoldsMemory grew it by 256 MiB: it retired after that
+    # run, and a fresh worker ran AlsoFine. Both wrote their last line.
+    log = (sweep / ".workers" / "worker-0.log").read_text()
+    assert log.count(": exits 0 after") == 2, log
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_wandb_credentials")
 def test_sigterm_stops_a_warm_sweep_that_resumes_where_it_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,8 @@
     model=custom model._target_=tests.worker_models.Raises
 
 `Raises` raises a RuntimeError out of forward (the run crashes, exit 1), `KillsItself` sends
-SIGKILL to its own process (a worker that dies with a job in hand), `Pauses` creates
+SIGKILL to its own process (a worker that dies with a job in hand), `HoldsMemory` keeps 256 MiB
+for the rest of the process (a job whose memory outlives it), `Pauses` creates
 $GRADSWEEP_TEST_GATE/paused and waits until $GRADSWEEP_TEST_GATE/go exists (a test signals the
 process at a known point), `Fine` does nothing wrong. Each does it at its `AT`th training
 forward (train mode, with grad): the fixes' and the monitor's probing forwards and evaluation
@@ -57,6 +58,15 @@ class Raises(Fine):
 class KillsItself(Fine):
     def _misbehave(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# What HoldsMemory runs keep: the module stays imported in a warm worker from job to job.
+HELD: list[bytes] = []
+
+
+class HoldsMemory(Fine):
+    def _misbehave(self) -> None:
+        HELD.append(b"\x01" * (256 << 20))  # written, so resident
 
 
 class Pauses(Fine):

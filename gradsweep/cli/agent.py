@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 project=args.project,
                 entity=args.entity,
                 runs_per_worker=args.runs_per_worker,
+                growth_mb=args.max_growth_mb,
                 workers_per_gpu=args.workers_per_gpu,
                 report_dir=Path(reports),
             )

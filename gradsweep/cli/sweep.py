@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradsweep.sweeps.warm import RUNS_PER_WORKER
+from gradsweep.sweeps.warm import GROWTH_MB, RUNS_PER_WORKER
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -67,7 +67,15 @@ def add_worker_options(parser: argparse.ArgumentParser, process_per_run: bool = 
         default=RUNS_PER_WORKER,
         metavar="N",
         help=f"a warm worker is replaced by a fresh process after N runs (default "
-        f"{RUNS_PER_WORKER}), or sooner when its memory grows by 1 GiB",
+        f"{RUNS_PER_WORKER}), or sooner when its memory grows (--max-growth-mb)",
+    )
+    parser.add_argument(
+        "--max-growth-mb",
+        type=float,
+        default=GROWTH_MB,
+        metavar="MB",
+        help="a warm worker is replaced by a fresh process once its resident memory has grown "
+        f"by MB MiB since the end of its first run (default {GROWTH_MB:.0f})",
     )
     if not process_per_run:
         return
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             warm=not args.process_per_run,
             runs_per_worker=args.runs_per_worker,
+            growth_mb=args.max_growth_mb,
             workers_per_gpu=args.workers_per_gpu,
         )
     except KeyboardInterrupt:

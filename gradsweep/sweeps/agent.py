@@ -161,6 +161,7 @@ def run_agents(
     project: str | None = None,
     entity: str | None = None,
     runs_per_worker: int = RUNS_PER_WORKER,
+    growth_mb: float = GROWTH_MB,
     workers_per_gpu: int = 1,
     report_dir: Path,
 ) -> int:
@@ -170,6 +171,7 @@ def run_agents(
 
     shares = _shares(count, workers)
     common = [sweep_id, "--program", program, "--runs-per-worker", str(runs_per_worker)]
+    common += ["--max-growth-mb", str(growth_mb)]
     common += [f"--override={o}" for o in overrides]
     common += _optional("--project", project) + _optional("--entity", entity)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -234,6 +236,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--project")
     parser.add_argument("--entity")
     parser.add_argument("--runs-per-worker", type=int, default=RUNS_PER_WORKER)
+    parser.add_argument("--max-growth-mb", type=float, default=GROWTH_MB)
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv[1:])
     code, ran = serve_agent(
@@ -244,6 +247,7 @@ def main(argv: list[str]) -> int:
         project=args.project,
         entity=args.entity,
         runs_per_worker=args.runs_per_worker,
+        growth_mb=args.max_growth_mb,
     )
     args.report.write_text(f"{ran}\n")
     return code

@@ -38,7 +38,7 @@ from gradsweep.sweeps.definition import SweepDefinition, grid_size
 from gradsweep.sweeps.jobs import Job, ProcessJob, WarmPool, wait_for_any
 from gradsweep.sweeps.plan import SweepPlan, default_sweep_dir
 from gradsweep.sweeps.records import FAILED, FINISHED, INTERRUPTED, RUNNING, RunRecord
-from gradsweep.sweeps.warm import RUNS_PER_WORKER, split_command
+from gradsweep.sweeps.warm import GROWTH_MB, RUNS_PER_WORKER, split_command
 from gradsweep.sweeps.workers import auto_workers, worker_env
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class SweepRunner:
         *,
         warm: bool = True,
         runs_per_worker: int = RUNS_PER_WORKER,
+        growth_mb: float = GROWTH_MB,
         workers_per_gpu: int = 1,
     ) -> None:
         if workers < 1:
@@ -86,7 +87,7 @@ class SweepRunner:
         self.workers = workers
         self.stderr = stderr or sys.stderr
         self.warm = warm
-        self.runs_per_worker = runs_per_worker
+        self.runs_per_worker, self.growth_mb = runs_per_worker, growth_mb
         self.workers_per_gpu = workers_per_gpu
         self.pool: WarmPool | None = None
 
@@ -103,7 +104,7 @@ class SweepRunner:
             if self.warm:
                 program = os.path.join(os.getcwd(), self.plan.program)
                 self.pool = WarmPool(
-                    self.plan.sweep_dir / WORKER_LOGS, program, self.runs_per_worker
+                    self.plan.sweep_dir / WORKER_LOGS, program, self.runs_per_worker, self.growth_mb
                 )
                 ahead = self.workers if total is None else min(self.workers, total)
                 for slot in range(ahead):
@@ -259,6 +260,7 @@ def run_sweep(
     stderr: TextIO | None = None,
     warm: bool = True,
     runs_per_worker: int = RUNS_PER_WORKER,
+    growth_mb: float = GROWTH_MB,
     workers_per_gpu: int = 1,
 ) -> SweepOutcome:
     """Run (or with dry_run, print) the sweep's remaining runs in sweep_dir, `workers` at a
@@ -273,6 +275,7 @@ def run_sweep(
         stderr=stderr,
         warm=warm,
         runs_per_worker=runs_per_worker,
+        growth_mb=growth_mb,
         workers_per_gpu=workers_per_gpu,
     )
     err = stderr or sys.stderr
