@@ -1,7 +1,7 @@
 """Runs per hour for the first runs of conf/sweep.yaml, three ways, against the floor.
 
     python bench/sweep_throughput.py --root /path/with/MNIST [--count 24] [--workers 2]
-        [--ways floor,runner,process,multirun] [--tree PATH]
+        [--ways floor,runner,process,multirun] [--tree PATH] [--rounds 1]
 
 The same runs (the first `--count` of the grid, 300 steps each on real MNIST, W&B offline):
 
@@ -23,6 +23,10 @@ data being loaded, then to the first step (model, fixes, W&B run), the training 
 and their evaluations), the end (test, verdict, pictures, summary.json), and W&B's finish and
 the process's exit.
 
+`--rounds N` runs every way N times, round after round, and reports each way's median, and its
+ratio to the floor as the median (and range) of the per-round ratios: a VM's speed drifts by
+10-20% over the minutes a round takes, and a ratio to the floor of the same round moves less.
+
 `--tree PATH` runs the commands of another checkout (a `git worktree` of an older commit, for
 before/after figures): its train.py, its gradsweep, its runner (one from before warm workers
 knows no `process`: its `runner` is a process per run). The load average is printed before
@@ -34,6 +38,7 @@ a busy machine changes less than the wall time; the floor's, of its timed steps.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -58,6 +63,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ways", default="floor,runner,process,multirun")
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout to measure")
+    parser.add_argument("--rounds", type=int, default=1, help="every way this many times")
     parser.add_argument("--floor-worker", help=argparse.SUPPRESS)  # i/n: one floor process
     args = parser.parse_args()
     tree = args.tree.resolve()
@@ -69,36 +75,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         commands = planned_commands(tree, env, args.root, args.count, tmp)
         warm_up(tree, env, commands[0])
-        seconds: dict[str, float] = {}
-        cpu: dict[str, float] = {}
+        seconds: dict[str, list[float]] = collections.defaultdict(list)
+        cpu: dict[str, list[float]] = collections.defaultdict(list)
         breakdowns: dict[str, dict[str, float]] = {}
-        for way in args.ways.split(","):
-            load = os.getloadavg()[0]
-            used = _children_cpu()
-            if way == "floor":
-                seconds[way], cpu[way] = floor(tree, env, commands, args.workers, threads, tmp)
-            elif way in ("runner", "process"):
-                folder = Path(tmp) / way
-                extra = ["--process-per-run"] if way == "process" else []
-                seconds[way] = timed(
-                    [*runner(args, folder), *extra, "-o", f"data.root={args.root}"], tree, env
+        for round_ in range(args.rounds):
+            for way in args.ways.split(","):
+                load = os.getloadavg()[0]
+                used = _children_cpu()
+                here = f"{tmp}/{round_}"
+                if way == "floor":
+                    wall, steps_cpu = floor(tree, env, commands, args.workers, threads, tmp)
+                    cpu[way].append(steps_cpu)
+                elif way in ("runner", "process"):
+                    folder = Path(here) / way
+                    extra = ["--process-per-run"] if way == "process" else []
+                    wall = timed(
+                        [*runner(args, folder), *extra, "-o", f"data.root={args.root}"], tree, env
+                    )
+                    breakdowns[way] = breakdown(folder)  # the last round's
+                elif way == "multirun":
+                    grid = [*multirun_args(commands), f"hydra.sweep.dir={here}/m"]
+                    wall = timed([sys.executable, "train.py", "-m", *grid], tree, env)
+                else:
+                    raise SystemExit(f"unknown way {way!r}")
+                seconds[way].append(wall)
+                if way != "floor":
+                    cpu[way].append(_children_cpu() - used)
+                print(
+                    f"  round {round_ + 1}, {way}: {wall:.1f} s (load average {load:.2f} before, "
+                    f"{os.getloadavg()[0]:.2f} after)",
+                    flush=True,
                 )
-                breakdowns[way] = breakdown(folder)
-            elif way == "multirun":
-                sweep_args = multirun_args(commands)
-                seconds[way] = timed(
-                    [sys.executable, "train.py", "-m", *sweep_args, f"hydra.sweep.dir={tmp}/m"],
-                    tree,
-                    env,
-                )
-            else:
-                raise SystemExit(f"unknown way {way!r}")
-            cpu.setdefault(way, _children_cpu() - used)
-            print(
-                f"  {way}: {seconds[way]:.1f} s (load average {load:.2f} before, "
-                f"{os.getloadavg()[0]:.2f} after)",
-                flush=True,
-            )
     report(seconds, cpu, breakdowns, len(commands), args.workers, threads)
 
 
@@ -271,8 +278,8 @@ def breakdown(sweep_dir: Path) -> dict[str, float]:
 
 
 def report(
-    seconds: dict[str, float],
-    cpu: dict[str, float],
+    seconds: dict[str, list[float]],
+    cpu: dict[str, list[float]],
     breakdowns: dict[str, dict[str, float]],
     runs: int,
     workers: int,
@@ -285,14 +292,23 @@ def report(
         "multirun": "`python train.py -m` (Hydra's basic launcher, one process)",
     }
     base = seconds.get("floor")
-    print(f"\n{runs} runs of conf/sweep.yaml, {STEPS} steps each, W&B offline\n")
+    rounds = len(next(iter(seconds.values())))
+    median = statistics.median
+    print(f"\n{runs} runs of conf/sweep.yaml, {STEPS} steps each, W&B offline; ", end="")
+    print(f"{rounds} round(s): medians, and the range of the per-round ratios\n")
     print("| way | wall (s) | s a run | runs/hour | x floor | CPU s a run |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for way, s in seconds.items():
-        ratio = f"{s / base:.2f}x" if base else ""
+    for way, walls in seconds.items():
+        s = median(walls)
+        ratio = ""
+        if base:
+            ratios = [w / b for w, b in zip(walls, base, strict=True)]
+            ratio = f"{median(ratios):.2f}x"
+            if rounds > 1:
+                ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
         print(
             f"| {names[way]} | {s:.1f} | {s / runs:.2f} | {runs * 3600 / s:.0f} | {ratio} | "
-            f"{cpu[way] / runs:.2f} |"
+            f"{median(cpu[way]) / runs:.2f} |"
         )
     if breakdowns:
         ways = list(breakdowns)
