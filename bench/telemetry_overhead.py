@@ -241,6 +241,8 @@ def profile(xs: torch.Tensor, ys: torch.Tensor, niceness: int, steps: int = 100)
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:  # --rounds 1: one ratio, its own quartiles
+        return values[0], values[0], values[0]
     q1, q2, q3 = statistics.quantiles(values, n=4)
     return q1, q2, q3
 
