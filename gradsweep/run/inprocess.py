@@ -267,7 +267,8 @@ def _restore_logging(loggers: dict[str, tuple[int, list[logging.Handler], bool, 
         for handler in logger.handlers:
             if handler not in handlers:
                 handler.close()
-        logger.setLevel(level)
+        if logger.level != level:  # setLevel clears every logger's cache: only if changed
+            logger.setLevel(level)
         logger.handlers[:] = handlers
         logger.propagate, logger.disabled = propagate, disabled
 
