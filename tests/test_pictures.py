@@ -18,7 +18,7 @@ def test_margins_hold_every_label_and_the_title(name_length: int) -> None:
     ax.set_ylabel("weight layer")
     ax.set_title("activation=sigmoid init=default norm=none skip=none\nvanishing")
     fig.colorbar(mesh, ax=ax, label="log10 gradient L2 norm")
-    pictures._fit_margins(fig, ax, title_lines=2)
+    pictures._fit_margins(fig, ax)
     fig.canvas.draw()  # places the axis labels
     renderer = fig.canvas.get_renderer()
     figure_box = fig.bbox

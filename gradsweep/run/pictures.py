@@ -22,9 +22,10 @@ def _pyplot():
     return plt
 
 
-def _fit_margins(fig, ax, title_lines: int = 2) -> None:
+def _fit_margins(fig, ax) -> None:
     """Margins that hold the y tick labels and axis label, the x tick labels and axis label
-    and a title of `title_lines` lines; a colorbar beside `ax` fits in the right margin."""
+    and the title, whatever its lines; a colorbar beside `ax` fits in the right margin."""
+    title_lines = len(ax.get_title().splitlines())
     renderer = fig.canvas.get_renderer()
     labels = [label.get_window_extent(renderer).width for label in ax.get_yticklabels()]
     width, height = fig.get_size_inches()
@@ -61,7 +62,7 @@ def gradient_heatmap(
     ax.set_ylabel("weight layer (forward order)")
     ax.set_title(title or "gradient norm per layer")
     fig.colorbar(mesh, ax=ax, label="log10 gradient L2 norm")
-    _fit_margins(fig, ax, title_lines=len(ax.get_title().splitlines()))
+    _fit_margins(fig, ax)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -84,7 +85,7 @@ def layer_bars(
     ax.set_xlabel("weight layer (forward order: input -> output)")
     ax.set_ylabel("median gradient L2 norm")
     ax.set_title(title or "median gradient norm per layer")
-    _fit_margins(fig, ax, title_lines=len(ax.get_title().splitlines()))
+    _fit_margins(fig, ax)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
